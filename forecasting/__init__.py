@@ -1,0 +1,8 @@
+"""forecasting: a scheduled pipeline that forecasts daily closing prices.
+
+The library never imports Prefect; ``flows/`` wires these functions into flows.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
