@@ -156,6 +156,9 @@ pipeline_runs = Table(
     Column("run_id", String(36), primary_key=True),
     Column("flow_run_id", String(36)),
     Column("kind", String(16), nullable=False, server_default="daily"),  # daily | backfill
+    # "live" for scheduled runs; a backfill replays history in a lineage of its own so that it
+    # never uses (or disturbs) the live models, which were trained on data after its days.
+    Column("lineage", String(128), nullable=False, server_default="live"),
     Column("as_of_date", Date, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),

@@ -81,6 +81,7 @@ class Settings:
     tushare_token: Secret = field(default_factory=lambda: Secret(""))
     tickers: tuple[str, ...] = ()
     source: str = "demo"
+    source_path: str | None = None  # file or folder for source = "csv"
     history_start: str = "2015-01-01"
     exchange: str = "XSHG"
     model_dir: str = "models"
@@ -99,6 +100,7 @@ _ENV = {
     "FORECASTING_DATABASE_URL": "database_url",
     "FORECASTING_TICKERS": "tickers",
     "FORECASTING_SOURCE": "source",
+    "FORECASTING_SOURCE_PATH": "source_path",
     "FORECASTING_HISTORY_START": "history_start",
     "FORECASTING_MODEL_DIR": "model_dir",
     "FORECASTING_CHECKPOINT_STORE": "checkpoint_store",

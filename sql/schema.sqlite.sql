@@ -100,6 +100,7 @@ CREATE TABLE pipeline_runs (
 	run_id VARCHAR(36) NOT NULL, 
 	flow_run_id VARCHAR(36), 
 	kind VARCHAR(16) DEFAULT 'daily' NOT NULL, 
+	lineage VARCHAR(128) DEFAULT 'live' NOT NULL, 
 	as_of_date DATE NOT NULL, 
 	started_at DATETIME NOT NULL, 
 	finished_at DATETIME, 
