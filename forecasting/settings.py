@@ -68,6 +68,7 @@ class PolicySettings:
     """Drift-check and retrain policy."""
 
     check_window: int = 20
+    min_check_days: int = 5  # fewer unseen days than this: too little evidence, keep the model
     abs_threshold: float | None = None  # RMSE in normalized units; None disables
     rel_threshold: float = 1.05  # ratio to naive persistence
     max_age_days: int = 90

@@ -1,0 +1,1 @@
+"""Prefect flows: wiring only. Each task is a short call into the ``forecasting`` library."""
