@@ -52,7 +52,9 @@ def breaches(rmse: float, naive_rmse: float, policy: PolicySettings) -> tuple[bo
     if naive_rmse > 0 and policy.rel_threshold is not None:
         ratio = rmse / naive_rmse
         if ratio > policy.rel_threshold:
-            reasons.append(f"RMSE/naive {ratio:.3f} > relative threshold {policy.rel_threshold:.3f}")
+            reasons.append(
+                f"RMSE/naive {ratio:.3f} > relative threshold {policy.rel_threshold:.3f}"
+            )
     return bool(reasons), "; ".join(reasons)
 
 
