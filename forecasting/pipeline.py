@@ -21,7 +21,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting import registry, runs
-from forecasting.calendar import TradingCalendar
+from forecasting.calendar import SOURCE_RANK, TradingCalendar
 from forecasting.forecasts import WriteResult, next_day_forecasts, write_forecasts
 from forecasting.locks import scope_lock
 from forecasting.lstm import ModelConfig
@@ -40,7 +40,6 @@ from forecasting.training import TrainedModel, fit, predict, score
 log = logging.getLogger(__name__)
 
 GLOBAL = "global"
-_CALENDAR_RANK = {"database": 0, "xshg": 1, "weekdays": 2}
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,7 +262,7 @@ def apply_decision(
         series = _training_series(conn, settings, check.tickers, as_of)
         active = registry.load_model(conn, check.version_id) if check.version_id else None
     reason = check.reason
-    action = check.action
+    action = Action(check.action)
     started = time.perf_counter()
     candidate: TrainedModel | None = None
     kind = "full"
@@ -401,16 +400,19 @@ def target_dates(
     calendar: TradingCalendar, as_of: dt.date, horizon: int
 ) -> list[tuple[dt.date, str]]:
     """The h-th trading day after ``as_of`` for h = 1..H, each with the weakest calendar source
-    used to reach it (``database`` < ``xshg`` < ``weekdays``)."""
+    (``database`` < ``xshg`` < ``weekdays``) among the days walked to reach it: a holiday
+    guessed by the weekday rule moves every later target as much as a guessed open day."""
+    dates = calendar.next_trading_days(as_of, horizon).dates
     out = []
     weakest = "database"
-    d = as_of
-    for _ in range(horizon):
-        d = calendar.next_trading_day(d)
-        src = calendar.source_for(d)
-        if _CALENDAR_RANK.get(src, 2) > _CALENDAR_RANK[weakest]:
-            weakest = src
-        out.append((d, weakest))
+    day = as_of
+    for target in dates:
+        while day < target:
+            day += dt.timedelta(days=1)
+            src = calendar.source_for(day)
+            if SOURCE_RANK[src] > SOURCE_RANK[weakest]:
+                weakest = src
+        out.append((target, weakest))
     return out
 
 

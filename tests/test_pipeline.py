@@ -1,0 +1,261 @@
+"""The daily pipeline as library steps, on real shared data, on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import event, func, select, text
+from sqlalchemy.engine import Engine
+
+from forecasting.calendar import TradingCalendar
+from forecasting.ingest import ingest
+from forecasting.pipeline import run_pipeline, target_dates
+from forecasting.registry import active_version
+from forecasting.schema import forecasts, model_checks, pipeline_runs
+from forecasting.settings import ModelSettings, PolicySettings, Settings
+from forecasting.sources import make_source
+
+TICKERS = ["000063.SZ", "000157.SZ", "000402.SZ", "000408.SZ", "000166.SZ"]
+SMALL_MODEL = ModelSettings(
+    input_len=20,
+    horizon=5,
+    hidden_size=8,
+    num_layers=1,
+    dropout=0.0,
+    max_epochs=2,
+    patience=2,
+    val_days=20,
+    history_days=300,
+    batch_size=256,
+    finetune_epochs=1,
+)
+
+
+def small_settings(url: str, **policy: object) -> Settings:
+    return Settings(
+        database_url=url,
+        model=SMALL_MODEL,
+        policy=PolicySettings(**{"min_history": 40, **policy}),  # type: ignore[arg-type]
+    )
+
+
+def panel_file(shared: Path, ticker: str) -> Path:
+    code, exch = ticker.split(".")
+    return shared / "ashare_qfq_panel" / f"{code}.{exch.lower()}.daily.csv"
+
+
+def load_panel(engine: Engine, shared: Path, end: dt.date, tickers: list[str] = TICKERS) -> None:
+    for t in tickers:
+        ingest(
+            engine,
+            make_source("csv", path=panel_file(shared, t)),
+            end=end,
+            history_start=dt.date(2015, 1, 1),
+            progress=False,
+        )
+
+
+def forecast_rows(engine: Engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return sorted(
+            conn.execute(
+                select(
+                    forecasts.c.ticker,
+                    forecasts.c.as_of_date,
+                    forecasts.c.target_date,
+                    forecasts.c.horizon,
+                    forecasts.c.yhat,
+                    forecasts.c.run_id,
+                )
+            ).all()
+        )
+
+
+@pytest.mark.slow
+def test_end_to_end_writes_every_eligible_ticker_once(
+    engine: Engine, db_url: str, shared_data: Path
+) -> None:
+    """A run forecasts horizons 1..H for every eligible ticker; a second run for the same
+    as_of writes nothing new."""
+    load_panel(engine, shared_data, end=dt.date(2016, 6, 30))
+    s = small_settings(db_url)
+    first = run_pipeline(engine, s)
+    assert first.status == "success"
+    assert first.as_of == dt.date(2016, 6, 30)
+    assert first.outcomes[0].action == "retrain"
+    # 000166.SZ listed in 2015-01: enough history with min_history=40.
+    assert first.tickers_forecast == sorted(TICKERS)
+    assert first.skipped == {}
+    rows = forecast_rows(engine)
+    assert len(rows) == len(TICKERS) * SMALL_MODEL.horizon
+    assert {r.horizon for r in rows} == set(range(1, SMALL_MODEL.horizon + 1))
+    # The next trading days after 2016-06-30 (a Thursday): 07-01, 07-04, 07-05, ...
+    assert sorted({r.target_date for r in rows})[:3] == [
+        dt.date(2016, 7, 1),
+        dt.date(2016, 7, 4),
+        dt.date(2016, 7, 5),
+    ]
+    assert len(first.next_day) == len(TICKERS)
+
+    second = run_pipeline(engine, s)
+    assert second.status == "already-complete"
+    assert forecast_rows(engine) == rows
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(pipeline_runs)).scalar() == 1
+
+    # A forced recomputation with the same model replaces, never duplicates.
+    third = run_pipeline(engine, s, rerun=True)
+    assert third.status == "success"
+    assert third.written is not None and third.written.inserted == 0
+    assert len(forecast_rows(engine)) == len(rows)
+
+
+def test_skips_stale_and_short_tickers_with_reasons(
+    sqlite_engine: Engine, sqlite_url: str, shared_data: Path
+) -> None:
+    """A ticker with too little history or stale prices is skipped with a reason; the batch
+    still succeeds."""
+    load_panel(sqlite_engine, shared_data, end=dt.date(2016, 6, 30), tickers=TICKERS[:3])
+    load_panel(sqlite_engine, shared_data, end=dt.date(2016, 4, 1), tickers=["000408.SZ"])
+    s = small_settings(sqlite_url, min_history=300)
+    summary = run_pipeline(sqlite_engine, s)
+    assert summary.status == "success"
+    assert "stale" in summary.skipped["000408.SZ"]
+    assert "2016-04-01" in summary.skipped["000408.SZ"]
+    assert set(summary.tickers_forecast) == set(TICKERS[:3])
+    assert "# Daily forecast run" in summary.markdown()
+    assert "000408.SZ" in summary.markdown()
+
+
+def _write_regime_break(src: Path, dst: Path, after: dt.date, factor: float) -> None:
+    """Copy a tushare CSV, multiplying the daily log-returns after ``after`` by ``factor``."""
+    df = pd.read_csv(src, index_col=0, dtype={"trade_date": str})
+    df = df.sort_values("trade_date").reset_index(drop=True)
+    dates = pd.to_datetime(df["trade_date"], format="%Y%m%d").dt.date
+    r = np.diff(np.log(df["close"].to_numpy()), prepend=np.log(df["close"].iloc[0]))
+    r = np.where(dates > after, r * factor, r)
+    close = float(df["close"].iloc[0]) * np.exp(np.cumsum(r) - r[0])
+    scale = close / df["close"].to_numpy()
+    for col in ("open", "high", "low", "close"):
+        df[col] = df[col] * scale
+    df.to_csv(dst)
+
+
+def test_quiet_keeps_and_drift_triggers_refit(
+    sqlite_engine: Engine, sqlite_url: str, shared_data: Path, tmp_path: Path
+) -> None:
+    """A quiet period keeps the active model; a planted 5x volatility break crosses the
+    threshold and triggers a fine-tune or retrain, recorded in model_checks."""
+    cutoff = dt.date(2016, 6, 30)
+    load_panel(sqlite_engine, shared_data, end=cutoff)
+    s = small_settings(sqlite_url)
+    run_pipeline(sqlite_engine, s)  # trains the first model through the cutoff
+    with sqlite_engine.connect() as conn:
+        first = active_version(conn, "global")
+    assert first is not None and first.trained_through == cutoff
+
+    # Quiet: the real next month.
+    load_panel(sqlite_engine, shared_data, end=dt.date(2016, 7, 29))
+    quiet = run_pipeline(sqlite_engine, s)
+    assert quiet.outcomes[0].action == "keep", quiet.outcomes[0].reason
+
+    # Drift: 5x the volatility of two series from August on.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for t in TICKERS[:2]:
+        _write_regime_break(
+            panel_file(shared_data, t),
+            broken / panel_file(shared_data, t).name,
+            dt.date(2016, 7, 29),
+            5.0,
+        )
+    for t in TICKERS[:2]:
+        ingest(
+            sqlite_engine,
+            make_source("csv", path=broken / panel_file(shared_data, t).name),
+            end=dt.date(2016, 8, 31),
+            history_start=dt.date(2015, 1, 1),
+            progress=False,
+        )
+    load_panel(sqlite_engine, shared_data, end=dt.date(2016, 8, 31), tickers=TICKERS[2:])
+    drift = run_pipeline(sqlite_engine, s)
+    outcome = drift.outcomes[0]
+    assert outcome.action in ("finetune", "retrain"), outcome.reason
+    assert "threshold" in outcome.reason
+    with sqlite_engine.connect() as conn:
+        checks = conn.execute(select(model_checks).order_by(model_checks.c.id)).all()
+    assert [c.decision for c in checks] == ["retrain", "keep", outcome.action]
+    last = checks[-1]
+    assert last.as_of_date == dt.date(2016, 8, 31)
+    assert last.model_version_id == first.id
+    assert last.new_version_id is not None
+    assert last.rmse is not None and last.naive_rmse is not None and last.threshold is not None
+
+
+def test_crash_before_commit_leaves_no_rows_of_that_run(
+    sqlite_engine: Engine, sqlite_url: str, shared_data: Path
+) -> None:
+    """A crash between computing forecasts and committing them leaves no forecast rows of
+    that run, and the run is recorded as failed."""
+    load_panel(sqlite_engine, shared_data, end=dt.date(2016, 6, 30), tickers=TICKERS[:2])
+    s = small_settings(sqlite_url)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_on_forecast_commit(conn: object) -> None:
+        rows = conn.execute(text("SELECT COUNT(*) FROM forecasts")).scalar()  # type: ignore[attr-defined]
+        if rows:
+            raise Crash("injected crash before commit")
+
+    event.listen(sqlite_engine, "commit", crash_on_forecast_commit)
+    try:
+        with pytest.raises(Crash):
+            run_pipeline(sqlite_engine, s)
+    finally:
+        event.remove(sqlite_engine, "commit", crash_on_forecast_commit)
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(forecasts)).scalar() == 0
+        status = conn.execute(select(pipeline_runs.c.status)).scalars().all()
+    assert status == ["failed"]
+    # The next run succeeds and is not fooled by the failed one.
+    assert run_pipeline(sqlite_engine, s).status == "success"
+
+
+@pytest.mark.parametrize(
+    ("as_of", "expected", "source"),
+    [
+        # Friday -> Monday, skipping the weekend.
+        (dt.date(2026, 11, 20), [dt.date(2026, 11, 23), dt.date(2026, 11, 24)], "xshg"),
+        # National Day Golden Week 2026-10-01..07 is closed on XSHG.
+        (dt.date(2026, 9, 30), [dt.date(2026, 10, 8), dt.date(2026, 10, 9)], "xshg"),
+        # Across 2026-12-31: exchange_calendars ends there, weekdays take over and say so.
+        (dt.date(2026, 12, 30), [dt.date(2026, 12, 31), dt.date(2027, 1, 1)], "weekdays"),
+    ],
+)
+def test_target_dates_skip_weekends_and_holidays(
+    as_of: dt.date, expected: list[dt.date], source: str
+) -> None:
+    """Target dates are the h-th trading day after as_of, with the weakest calendar source."""
+    cal = TradingCalendar.from_rows({})
+    got = target_dates(cal, as_of, 2)
+    assert [d for d, _ in got] == expected
+    assert got[-1][1] == source
+
+
+def test_target_dates_prefer_the_database_calendar() -> None:
+    """tushare trade_cal rows in the database override the fallbacks past 2026-12-31."""
+    rows = {
+        dt.date(2026, 12, 31): True,
+        dt.date(2027, 1, 1): False,
+        dt.date(2027, 1, 2): False,
+        dt.date(2027, 1, 3): False,
+        dt.date(2027, 1, 4): True,
+    }
+    cal = TradingCalendar.from_rows(rows)
+    got = target_dates(cal, dt.date(2026, 12, 30), 2)
+    assert got == [(dt.date(2026, 12, 31), "database"), (dt.date(2027, 1, 4), "database")]
