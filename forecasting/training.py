@@ -1,0 +1,637 @@
+"""Fit, fine-tune, predict and score a :class:`~forecasting.lstm.SeqForecaster`.
+
+The dataset is point-in-time: :func:`fit` first drops every observation after ``through``
+(callers should already have), keeps each ticker on its own trading days, and fits each
+series' scaler on its training span only — the span before the last ``val_days`` trading days,
+whose targets form the validation set. Validation then serves three purposes: early stopping,
+a per-horizon shrink factor that pulls the point forecast toward persistence (daily returns are
+nearly unpredictable; the factor is chosen to minimize validation MSE, so the point forecast is
+never worse than persistence on validation), and conformal calibration of the interval.
+
+Units: "normalized" errors are in target units — cumulative log-returns divided by the
+series' training-span daily std for ``log_return``, min-max scaled prices for ``minmax``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+from torch import nn
+
+from forecasting import scaling
+from forecasting.lstm import ModelConfig, SeqForecaster
+from forecasting.windows import Panel, TensorWindows, build_panel, origins
+
+log = logging.getLogger(__name__)
+
+MIN_TRAIN_WINDOWS = 20  # fewer training windows than this and a series only adds noise
+GRAD_CLIP = 1.0
+EVAL_BATCH = 8192
+_ARCH_FIELDS = ("input_len", "horizon", "cell", "hidden_size", "num_layers", "target", "loss")
+
+
+@dataclass
+class TrainedModel:
+    """Weights plus everything needed to use them: config, scalers, calibration, provenance."""
+
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]  # CPU tensors
+    scalers: dict[str, dict[str, float]]  # per ticker, fitted on the training span only
+    calibration: dict[str, Any]  # JSON-able: shrink factors and interval offsets per horizon
+    tickers: list[str]
+    trained_through: dt.date
+    val_rmse: float  # normalized units, validation windows, calibrated point forecast
+    val_naive_rmse: float  # persistence on the same windows, same units
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    n_train_samples: int = 0
+
+    @property
+    def val_ratio(self) -> float:
+        """Validation RMSE relative to persistence (< 1 beats it)."""
+        return self.val_rmse / self.val_naive_rmse if self.val_naive_rmse > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class PathForecast:
+    """A forecast path from ``origin`` for horizons ``1..H`` in price units."""
+
+    ticker: str
+    origin: dt.date
+    base_close: float
+    yhat: np.ndarray  # [H]
+    lower: np.ndarray  # [H]
+    upper: np.ndarray  # [H]
+
+
+@dataclass(frozen=True)
+class Score:
+    """Out-of-sample RMSE of the model and of persistence, in normalized units."""
+
+    rmse: float
+    naive_rmse: float
+    n: int
+
+    @property
+    def ratio(self) -> float:
+        """``rmse / naive_rmse``; nan when there was nothing to score."""
+        if self.n == 0 or not self.naive_rmse > 0:
+            return math.nan
+        return self.rmse / self.naive_rmse
+
+
+def device_for(config: ModelConfig) -> torch.device:
+    """``"auto"``: CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _clean(s: pd.Series, through: dt.date | None, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Dates (``datetime64[D]``) and closes of one series, ascending, finite and positive,
+    with everything after ``through`` dropped (defense in depth: leakage is designed out)."""
+    if len(s) == 0:
+        return np.empty(0, dtype="datetime64[D]"), np.empty(0)
+    dates = np.asarray(pd.to_datetime(pd.Index(s.index)).values, dtype="datetime64[D]")
+    closes = pd.to_numeric(pd.Series(s.to_numpy(), copy=False), errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+    ok = np.isfinite(closes) & (closes > 0)
+    if through is not None:
+        ok &= dates <= np.datetime64(through, "D")
+    dates, closes = dates[ok], closes[ok]
+    order = np.argsort(dates, kind="stable")
+    dates, closes = dates[order], closes[order]
+    if len(dates) > 1:
+        # A duplicated date keeps its last value, as a re-sent bar would.
+        last = np.r_[dates[1:] != dates[:-1], True]
+        dates, closes = dates[last], closes[last]
+    return dates, closes
+
+
+def _as_date(d: np.datetime64) -> dt.date:
+    return dt.date.fromisoformat(str(d.astype("datetime64[D]")))
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def pinball_loss(pred: torch.Tensor, y: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Mean quantile (pinball) loss. ``pred [B, H, Q]``, ``y [B, H]``, ``quantiles [Q]``."""
+    diff = y.unsqueeze(-1) - pred  # [B, H, 1] - [B, H, Q] -> [B, H, Q]
+    return torch.maximum(quantiles * diff, (quantiles - 1.0) * diff).mean()
+
+
+def _loss_fn(config: ModelConfig, device: torch.device):
+    if config.loss == "mse":
+        return lambda pred, y: torch.mean((pred[..., 0] - y) ** 2)  # [B, H, 1] vs [B, H]
+    qs = torch.tensor(config.quantiles, dtype=torch.float32, device=device)  # [Q]
+    return lambda pred, y: pinball_loss(pred, y, qs)
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def _use_tqdm(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    return sys.stderr.isatty() and not os.environ.get("TQDM_DISABLE")
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch inside a forked RNG state, so training is reproducible and the caller's
+    global RNG is left as it was."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def build_network(model: TrainedModel, device: torch.device | None = None) -> SeqForecaster:
+    """The network of a trained model, weights loaded, in eval mode."""
+    net = SeqForecaster(model.config)
+    net.load_state_dict(model.state_dict)
+    return net.to(device or torch.device("cpu")).eval()
+
+
+def _forward(net: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """No-grad forward in chunks. ``[N, L, 1] -> [N, H, Q]`` (float64, CPU)."""
+    net.eval()
+    outs = []
+    with torch.no_grad():
+        for a in range(0, len(x), batch):
+            outs.append(net(x[a : a + batch]).double().cpu())  # [b, H, Q]
+    if not outs:
+        return torch.empty(0)
+    return torch.cat(outs)
+
+
+def fit(
+    series: Mapping[str, pd.Series],
+    config: ModelConfig,
+    through: dt.date,
+    *,
+    init: TrainedModel | None = None,
+    progress: bool | None = None,
+) -> TrainedModel:
+    """Train a model on closes up to and including ``through``.
+
+    ``series``: closes per ticker indexed by trading date (anything after ``through`` is
+    dropped here as well). ``init=None`` trains from scratch on each series' last
+    ``history_days`` (+ ``input_len`` of context); with ``init`` it fine-tunes: warm start from
+    ``init``'s weights and scalers, on the last ``finetune_days`` only, with ``finetune_lr``
+    for ``finetune_epochs``. The starting weights are epoch 0 of the history, so training never
+    returns weights worse on validation than it started from. Series too short for
+    ``input_len + horizon + val_days + 20`` observations are skipped with a log line.
+
+    ``config.per_ticker`` models are fitted one ticker at a time: see :func:`fit_per_ticker`.
+    """
+    started = time.perf_counter()
+    if config.per_ticker and len(series) > 1:
+        raise ValueError(
+            f"config.per_ticker=True but fit() got {len(series)} series; a per-ticker model "
+            "has one series. Call fit_per_ticker(...) to fit one model per ticker."
+        )
+    if config.val_days < config.horizon:
+        raise ValueError(
+            f"val_days={config.val_days} < horizon={config.horizon}: validation needs at least "
+            "one full forecast path; raise val_days"
+        )
+    if init is not None:
+        diff = [f for f in _ARCH_FIELDS if getattr(init.config, f) != getattr(config, f)]
+        if diff:
+            raise ValueError(
+                f"cannot fine-tune: the model trained through {init.trained_through} differs "
+                f"from the config in {diff}; run a full retrain (`forecasting train --full`)"
+            )
+    L, H, V = config.input_len, config.horizon, config.val_days
+    days = config.finetune_days if init is not None else config.history_days
+    min_len = L + H + V + MIN_TRAIN_WINDOWS
+    closes: dict[str, np.ndarray] = {}
+    dates: dict[str, np.ndarray] = {}
+    scalers: dict[str, dict[str, float]] = {}
+    for tk, s in series.items():
+        d, c = _clean(s, through, tk)
+        if days > 0:
+            d, c = d[-(days + L) :], c[-(days + L) :]
+        if len(c) < min_len:
+            log.info(
+                "skipping %s: %d usable closes through %s, need %d (input_len+horizon+val_days+%d)",
+                tk,
+                len(c),
+                through,
+                min_len,
+                MIN_TRAIN_WINDOWS,
+            )
+            continue
+        fit_end = len(c) - V  # exclusive; the scaler never sees the validation span
+        if init is not None and tk in init.scalers:
+            scalers[tk] = dict(init.scalers[tk])
+        else:
+            scalers[tk] = scaling.fit_scaler(c[:fit_end], config.target, name=tk)
+        closes[tk], dates[tk] = c, d
+    if not closes:
+        raise ValueError(
+            f"no series has enough history through {through}: each needs at least {min_len} "
+            "closes; ingest more history or lower input_len/val_days"
+        )
+    panel = build_panel(closes, dates, scalers, config.target)
+    n = panel.lengths  # [S]
+    val_start = n - V  # [S] local position of the first validation target
+    train_idx = origins(panel, L, H, np.zeros_like(n), val_start - 1 - H)  # targets < val_start
+    val_idx = origins(panel, L, H, val_start - 1, n - 1)  # targets within the validation span
+
+    device = device_for(config)
+    lr = config.finetune_lr if init is not None else config.lr
+    epochs = config.finetune_epochs if init is not None else config.max_epochs
+    with _seeded(config.seed, device):
+        net = SeqForecaster(config)
+        if init is not None:
+            net.load_state_dict(init.state_dict)
+        net.to(device)
+        history, best_state = _train(
+            net, panel, train_idx, val_idx, config, lr, epochs, device, progress
+        )
+        net.load_state_dict(best_state)
+        tw = TensorWindows(panel, L, H, device)
+        vidx = torch.from_numpy(val_idx).to(device)
+        out = _forward(net, tw.inputs(vidx)).numpy()  # [Nv, H, Q]
+        y = tw.targets(vidx).double().cpu().numpy()  # [Nv, H]
+        naive = tw.naive(vidx).double().cpu().numpy()  # [Nv, H]
+    calibration = calibrate(out, y, naive, config)
+    point = apply_calibration(out, naive, calibration, config)[0]
+    model = TrainedModel(
+        config=config,
+        state_dict={k: v.detach().cpu().clone() for k, v in best_state.items()},
+        scalers=scalers,
+        calibration=calibration,
+        tickers=list(panel.tickers),
+        trained_through=through,
+        val_rmse=_rmse(point - y),
+        val_naive_rmse=_rmse(naive - y),
+        history=history,
+        train_seconds=time.perf_counter() - started,
+        n_train_samples=len(train_idx),
+    )
+    log.info(
+        "trained %s model on %d series (%d windows) through %s in %.1fs: val rmse %.4f, "
+        "naive %.4f, ratio %.4f (unshrunk %.4f), interval coverage on validation %.3f",
+        config.cell,
+        len(panel.tickers),
+        len(train_idx),
+        through,
+        model.train_seconds,
+        model.val_rmse,
+        model.val_naive_rmse,
+        model.val_ratio,
+        calibration["val_rmse_raw"] / model.val_naive_rmse if model.val_naive_rmse else math.nan,
+        calibration["val_coverage"],
+    )
+    return model
+
+
+def fit_per_ticker(
+    series: Mapping[str, pd.Series],
+    config: ModelConfig,
+    through: dt.date,
+    *,
+    init: Mapping[str, TrainedModel] | None = None,
+    progress: bool | None = None,
+) -> dict[str, TrainedModel]:
+    """One model per ticker (``scope=<ticker>`` in the registry). Tickers too short to fit are
+    left out; ``init`` maps tickers to the models to fine-tune from."""
+    cfg = replace(config, per_ticker=True)
+    models: dict[str, TrainedModel] = {}
+    for tk, s in series.items():
+        try:
+            models[tk] = fit({tk: s}, cfg, through, init=(init or {}).get(tk), progress=progress)
+        except ValueError as exc:
+            log.warning("no per-ticker model for %s through %s: %s", tk, through, exc)
+    return models
+
+
+def _train(
+    net: SeqForecaster,
+    panel: Panel,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: ModelConfig,
+    lr: float,
+    epochs: int,
+    device: torch.device,
+    progress: bool | None,
+) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
+    """Adam + ReduceLROnPlateau + gradient clipping + early stopping on validation loss.
+
+    The starting weights are scored first (epoch 0): a fresh head starts at persistence and a
+    fine-tune starts at its parent, so training can only return weights at least as good on
+    validation as where it began. Returns the history and the best weights."""
+    tw = TensorWindows(panel, config.input_len, config.horizon, device)
+    tidx = torch.from_numpy(train_idx).to(device)  # [Nt]
+    vidx = torch.from_numpy(val_idx).to(device)  # [Nv]
+    loss_fn = _loss_fn(config, device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=0.5, patience=max(1, config.patience // 2)
+    )
+    gen = torch.Generator().manual_seed(config.seed)  # shuffling order, independent of device
+    params = [p for p in net.parameters() if p.requires_grad]
+    bs = config.batch_size
+
+    def val_loss() -> float:
+        net.eval()
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        with torch.no_grad():
+            for a in range(0, len(vidx), EVAL_BATCH):
+                idx = vidx[a : a + EVAL_BATCH]
+                total += loss_fn(net(tw.inputs(idx)), tw.targets(idx)).double() * len(idx)
+        return float(total) / max(len(vidx), 1)
+
+    history: list[dict[str, float]] = []
+    best_state = copy.deepcopy(net.state_dict())
+    best = val_loss()
+    history.append({"epoch": 0, "train_loss": math.nan, "val_loss": best, "lr": lr})
+    bad = 0
+    bar = None
+    if _use_tqdm(progress) and epochs > 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc="training", unit="epoch", leave=False)
+    try:
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            net.train()
+            perm = torch.randperm(len(tidx), generator=gen).to(device)  # [Nt]
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            for a in range(0, len(tidx), bs):
+                idx = tidx[perm[a : a + bs]]  # [B] flat origins
+                pred = net(tw.inputs(idx))  # [B, L, 1] -> [B, H, Q]
+                loss = loss_fn(pred, tw.train_targets(idx))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+                opt.step()
+                total += loss.detach().double() * len(idx)
+            train_loss = float(total) / max(len(tidx), 1)
+            vl = val_loss()
+            sched.step(vl)
+            seconds = time.perf_counter() - t0
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": vl,
+                    "lr": opt.param_groups[0]["lr"],
+                    "seconds": seconds,
+                }
+            )
+            if bar is not None:
+                bar.set_postfix(train=f"{train_loss:.4f}", val=f"{vl:.4f}")
+                bar.update(1)
+            else:
+                log.info(
+                    "epoch %d/%d: train loss %.5f, val loss %.5f, lr %.2g, %.1fs (%d samples/s)",
+                    epoch,
+                    epochs,
+                    train_loss,
+                    vl,
+                    opt.param_groups[0]["lr"],
+                    seconds,
+                    len(tidx) / seconds if seconds > 0 else 0,
+                )
+            if vl < best - 1e-7:
+                best, bad = vl, 0
+                best_state = copy.deepcopy(net.state_dict())
+            else:
+                bad += 1
+                if bad > config.patience:
+                    log.info("early stop after epoch %d: best val loss %.5f", epoch, best)
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    return history, best_state
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def _rmse(err: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(err)))) if err.size else math.nan
+
+
+def _conformal_level(n: int, coverage: float) -> float:
+    """Finite-sample conformal quantile level ``ceil((n+1) * coverage) / n``, capped at 1."""
+    return min(1.0, math.ceil((n + 1) * coverage) / max(n, 1))
+
+
+def calibrate(
+    out: np.ndarray, y: np.ndarray, naive: np.ndarray, config: ModelConfig
+) -> dict[str, Any]:
+    """Fit the point shrink and interval offsets per horizon on validation windows.
+
+    ``out [N, H, Q]`` raw network outputs, ``y [N, H]`` actual targets, ``naive [N, H]``.
+    Shrink: ``point = naive + a_h * (median - naive)`` with ``a_h`` in ``[0, 1]`` minimizing
+    validation MSE (least squares, clipped). Interval: conformalized quantile regression —
+    the model's quantile band is re-centred on the point and widened (or narrowed) by the
+    conformal quantile of its validation misses; for the MSE loss, validation residual
+    quantiles around the point.
+    """
+    cfg = config
+    out = np.sort(out, axis=-1)  # [N, H, Q]; quantile heads may cross
+    m = out[..., cfg.median_index]  # [N, H]
+    d, e = m - naive, y - naive  # [N, H] predicted and actual change from persistence
+    if cfg.shrink:
+        shrink = np.clip((d * e).sum(0) / np.maximum((d * d).sum(0), 1e-12), 0.0, 1.0)  # [H]
+    else:
+        shrink = np.ones(cfg.horizon)
+    point = naive + shrink * d  # [N, H]
+    n = len(y)
+    calib: dict[str, Any] = {
+        "interval": cfg.interval,
+        "shrink": shrink.tolist(),
+        "n_val": int(n),
+        "val_rmse_raw": _rmse(m - y),
+    }
+    if cfg.loss == "quantile":
+        lo = point + out[..., 0] - m  # [N, H]
+        hi = point + out[..., -1] - m  # [N, H]
+        miss = np.maximum(lo - y, y - hi)  # [N, H] conformity score: > 0 outside the band
+        q = np.quantile(miss, _conformal_level(n, cfg.interval), axis=0, method="higher")  # [H]
+        calib.update(method="cqr", q=q.tolist())
+    else:
+        r = y - point  # [N, H]
+        a = (1.0 - cfg.interval) / 2.0
+        calib.update(
+            method="residual",
+            q_lo=np.quantile(r, 1.0 - _conformal_level(n, 1.0 - a), axis=0).tolist(),
+            q_hi=np.quantile(r, _conformal_level(n, 1.0 - a), axis=0).tolist(),
+        )
+    _, lower, upper = apply_calibration(out, naive, calib, cfg)
+    calib["val_coverage"] = float(np.mean((y >= lower) & (y <= upper))) if n else math.nan
+    return calib
+
+
+def apply_calibration(
+    out: np.ndarray, naive: np.ndarray, calib: Mapping[str, Any], config: ModelConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point, lower and upper in target units from raw outputs. ``[N, H, Q] -> 3 x [N, H]``.
+
+    Guarantees ``lower <= point <= upper``."""
+    out = np.sort(out, axis=-1)  # [N, H, Q]
+    m = out[..., config.median_index]  # [N, H]
+    shrink = np.asarray(calib["shrink"], dtype=np.float64)  # [H]
+    point = naive + shrink * (m - naive)  # [N, H]
+    if calib["method"] == "cqr":
+        q = np.asarray(calib["q"], dtype=np.float64)  # [H]
+        lower = point + out[..., 0] - m - q
+        upper = point + out[..., -1] - m + q
+    else:
+        lower = point + np.asarray(calib["q_lo"], dtype=np.float64)
+        upper = point + np.asarray(calib["q_hi"], dtype=np.float64)
+    return point, np.minimum(lower, point), np.maximum(upper, point)
+
+
+# ----------------------------------------------------------------------------- predict / score
+
+
+def _scaler_for(
+    model: TrainedModel, ticker: str, past_closes: np.ndarray
+) -> dict[str, float] | None:
+    """The stored scaler, or — for a ticker the model never saw — one fitted on the closes
+    passed in, which are the ticker's own past (the caller cuts them at the forecast origin or
+    at the model's cutoff). ``None`` when there is too little to fit."""
+    params = model.scalers.get(ticker)
+    if params is not None:
+        return params
+    if len(past_closes) < 2:
+        return None
+    return scaling.fit_scaler(past_closes, model.config.target, name=ticker)
+
+
+def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, PathForecast]:
+    """Forecast paths from the last ``input_len`` observations of each series.
+
+    The caller cuts each series at the forecast origin. ``base_close`` is the last close and the
+    ``log_return`` paths are ``base_close * exp(cumulative predicted log-return)``. All tickers go
+    through one batched forward pass. Tickers with fewer than ``input_len + 1`` closes are
+    omitted. A ticker without a stored scaler (not in the training set of a global model) gets a
+    scaler fitted on the closes passed in, i.e. its own past.
+    """
+    cfg = model.config
+    L = cfg.input_len
+    keep: list[tuple[str, dt.date, float, dict[str, float]]] = []
+    xs: list[np.ndarray] = []
+    naive: list[float] = []
+    for tk, s in series.items():
+        d, c = _clean(s, None, tk)
+        if len(c) < L + 1:
+            log.debug("no forecast for %s: %d closes, need %d", tk, len(c), L + 1)
+            continue
+        params = _scaler_for(model, tk, c)
+        if params is None:
+            continue
+        tail = c[-(L + 1) :]  # [L+1]
+        xs.append(scaling.inputs(tail, params, cfg.target)[1:])  # [L]
+        naive.append(
+            0.0
+            if cfg.target == "log_return"
+            else float(scaling.levels(tail[-1:], params, cfg.target)[0])
+        )
+        keep.append((tk, _as_date(d[-1]), float(c[-1]), params))
+    if not keep:
+        return {}
+    x = torch.from_numpy(np.stack(xs).astype(np.float32)).unsqueeze(-1)  # [S, L, 1]
+    device = device_for(cfg)
+    out = _forward(build_network(model, device), x.to(device)).numpy()  # [S, H, Q]
+    nv = np.repeat(np.asarray(naive)[:, None], cfg.horizon, axis=1)  # [S, H]
+    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg)
+    result = {}
+    for i, (tk, origin, base, params) in enumerate(keep):
+        yhat = scaling.to_price(point[i], base, params, cfg.target)  # [H]
+        lo = scaling.to_price(lower[i], base, params, cfg.target)
+        hi = scaling.to_price(upper[i], base, params, cfg.target)
+        result[tk] = PathForecast(
+            tk, origin, base, yhat, np.minimum(lo, yhat), np.maximum(hi, yhat)
+        )
+    return result
+
+
+def score(
+    model: TrainedModel,
+    series: Mapping[str, pd.Series],
+    *,
+    after: dt.date,
+    through: dt.date,
+    window: int,
+) -> Score:
+    """Out-of-sample RMSE of the model vs persistence in normalized units.
+
+    Origins ``o >= after`` (normally ``model.trained_through``); targets ``o+h`` for every
+    ``h = 1..H``, counted on each series' own trading days, that fall among the newest
+    ``window`` trading days of the series in ``(after, through]``. Persistence (no change) is
+    scored on exactly the same (origin, horizon) pairs. One batched forward pass.
+    """
+    cfg = model.config
+    L, H = cfg.input_len, cfg.horizon
+    after64 = np.datetime64(after, "D")
+    xs, ys, nvs, masks = [], [], [], []
+    for tk, s in series.items():
+        d, c = _clean(s, through, tk)
+        n = len(c)
+        if n < L + 2:
+            continue
+        params = _scaler_for(model, tk, c[d <= after64])
+        if params is None:
+            continue
+        first_origin = max(int(np.searchsorted(d, after64, "left")), L)
+        first_target = max(int(np.searchsorted(d, after64, "right")), n - window)
+        if first_origin > n - 2 or first_target > n - 1:
+            continue
+        t = np.arange(first_origin, n - 1)  # [T] origins with at least one target
+        x = scaling.inputs(c, params, cfg.target)  # [n]
+        lv = np.concatenate([scaling.levels(c, params, cfg.target), np.full(H, np.nan)])
+        lvw = sliding_window_view(lv, H + 1)[t]  # [T, H+1]
+        pos = t[:, None] + np.arange(1, H + 1)  # [T, H] target positions
+        mask = (pos <= n - 1) & (pos >= first_target)  # [T, H]
+        keep = mask.any(axis=1)
+        t, lvw, mask = t[keep], lvw[keep], mask[keep]
+        xs.append(sliding_window_view(x, L)[t - L + 1])  # [T, L]
+        if cfg.target == "log_return":
+            ys.append(lvw[:, 1:] - lvw[:, :1])  # [T, H]
+            nvs.append(np.zeros((len(t), H)))
+        else:
+            ys.append(lvw[:, 1:])
+            nvs.append(np.repeat(lvw[:, :1], H, axis=1))
+        masks.append(mask)
+    if not xs:
+        return Score(math.nan, math.nan, 0)
+    x_all = torch.from_numpy(np.concatenate(xs).astype(np.float32)).unsqueeze(-1)  # [N, L, 1]
+    device = device_for(cfg)
+    out = _forward(build_network(model, device), x_all.to(device)).numpy()  # [N, H, Q]
+    y, nv, mask = np.concatenate(ys), np.concatenate(nvs), np.concatenate(masks)  # [N, H]
+    point = apply_calibration(out, nv, model.calibration, cfg)[0]
+    y = np.where(mask, y, 0.0)  # masked targets may be NaN (past the series end)
+    err, nerr = (point - y)[mask], (nv - y)[mask]
+    return Score(_rmse(err), _rmse(nerr), int(mask.sum()))
