@@ -1,0 +1,1 @@
+"""Benchmarks of the forecasting project (run with ``python -m benchmarks.<name>``)."""

@@ -1,0 +1,531 @@
+"""Accuracy benchmark: the project's global LSTM against persistence and the tutorial recipe.
+
+Data: the four indices of ``../shared/data/indices`` and the ``--series-limit`` (default 30)
+panel stocks with the longest history that end at the panel's last date (ties by ticker code;
+see :func:`benchmarks.common.choose_panel_tickers`).
+
+Method: every series is tested on rolling origins over **its own** last ``--test-days`` (250)
+trading days: origin ``t`` runs over the positions ``n-250 .. n-2`` and horizon ``h`` counts the
+origins with ``t+h <= n-1``. The panel ends 2019-01-07 and the indices 2022-12-30, so one cutoff
+for all would leave one group four years stale. Series are therefore grouped by the date of
+their first origin (within ``--group-gap`` calendar days of each other); each group gets ONE
+global model (:func:`forecasting.training.fit` on *all* series, each cut at the cutoff), trained
+through the day before the group's earliest first origin, and is scored only on that group's
+origins. ``--split common`` instead trains one model through the earliest first origin of all
+series and scores every series with it.
+
+Forecasts at ``h = 1, 5, 10`` come from :func:`forecasting.training.predict` on the series cut
+at each origin, all origins of a group batched through one call per chunk (keys
+``"<ticker>@<origin>"``, with the model's stored scaler of the ticker).
+
+Printed per series and horizon: RMSE in price units as a ratio to persistence (``yhat = close
+at origin``) on the same origins, the same ratio for the tutorial recipe
+(:mod:`benchmarks.tutorial_lstm`), and the coverage of the forecast interval; then a summary.
+``--out`` gets the rows as CSV.
+
+    .venv/bin/python -m benchmarks.accuracy            # default run (~10 min on 2 cores)
+    .venv/bin/python -m benchmarks.accuracy --quick    # small settings, a minute or so
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmarks.common import INDEX_TICKERS, choose_panel_tickers, load_indices
+from benchmarks.tutorial_lstm import TutorialConfig, fit_tutorial, forecast_tutorial
+from forecasting.lstm import ModelConfig
+from forecasting.training import TrainedModel, fit, predict
+
+HORIZONS = (1, 5, 10)
+TEST_DAYS = 250
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "accuracy.csv"
+PREDICT_CHUNK = 2048  # origins per predict() call: one batched forward pass each
+TARGET_RATIO = 1.00
+TARGET_COVERAGE = (0.75, 0.85)
+
+log = logging.getLogger("benchmarks.accuracy")
+
+
+@dataclass(frozen=True)
+class TestGroup:
+    """Series tested with one model, trained through ``through``."""
+
+    through: dt.date  # the day before the group's earliest first origin
+    tickers: tuple[str, ...]
+
+
+@dataclass
+class GroupRun:
+    """What one group's model did: its cutoff, validation figures and timings."""
+
+    group: TestGroup
+    model: TrainedModel
+    fit_seconds: float
+    predict_seconds: float
+    tutorial_seconds: float
+
+
+@dataclass
+class AccuracyResult:
+    """Rows (one per series and horizon) and the runs that produced them."""
+
+    rows: pd.DataFrame
+    runs: list[GroupRun] = field(default_factory=list)
+
+
+def _dates(s: pd.Series) -> np.ndarray:
+    return np.asarray(pd.to_datetime(pd.Index(s.index)).values, dtype="datetime64[D]")
+
+
+def _to_date(d: np.datetime64) -> dt.date:
+    return dt.date.fromisoformat(str(d)[:10])
+
+
+def test_groups(
+    series: Mapping[str, pd.Series],
+    test_days: int = TEST_DAYS,
+    *,
+    gap_days: int = 31,
+    common: bool = False,
+) -> list[TestGroup]:
+    """Group series whose test windows start within ``gap_days`` of each other.
+
+    Each series' first origin is its ``test_days``-th last trading day; a group trains through
+    the trading day before its earliest member's first origin, so no member's test targets (nor
+    origins) reach the training data. ``common=True`` makes one group of all series.
+    """
+    starts: list[tuple[np.datetime64, np.datetime64, str]] = []
+    for tk, s in series.items():
+        d = _dates(s)
+        if len(d) < test_days + 2:
+            raise ValueError(
+                f"{tk}: {len(d)} closes through {_to_date(d[-1]) if len(d) else 'nothing'}, "
+                f"the benchmark needs more than test_days={test_days} (+ training history); "
+                "drop the series or lower --test-days"
+            )
+        starts.append((d[-test_days], d[-test_days - 1], tk))  # (first origin, day before, ticker)
+    starts.sort()
+    groups: list[TestGroup] = []
+    group_start: np.datetime64 | None = None
+    members: list[str] = []
+    through: np.datetime64 | None = None
+    for first, before, tk in starts:
+        if group_start is None or (
+            not common and (first - group_start) > np.timedelta64(gap_days, "D")
+        ):
+            if members and through is not None:
+                groups.append(TestGroup(_to_date(through), tuple(members)))
+            group_start, through, members = first, before, []
+        members.append(tk)
+    if members and through is not None:
+        groups.append(TestGroup(_to_date(through), tuple(members)))
+    return groups
+
+
+def _origins(n: int, test_days: int) -> np.ndarray:
+    """Origin positions of one series of ``n`` closes: its last ``test_days`` days but the
+    final one (which has no target)."""
+    return np.arange(n - test_days, n - 1)  # [T]
+
+
+def project_forecasts(
+    model: TrainedModel,
+    series: Mapping[str, pd.Series],
+    test_days: int,
+    *,
+    chunk: int = PREDICT_CHUNK,
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``yhat, lower, upper`` (each ``[T, H]``, prices) from every origin of each series.
+
+    The series are cut at each origin and fed to :func:`predict` under keys
+    ``"<ticker>@<origin>"``; the model is given the ticker's stored scaler under each key, so
+    every origin is normalized exactly as the ticker's training data was. Each call holds up to
+    ``chunk`` origins (one forward pass). Tickers the model skipped (too short) are left out.
+    """
+    L, H = model.config.input_len, model.config.horizon
+    keys: list[tuple[str, int, str]] = []  # (ticker, row in its origin array, key)
+    cut: dict[str, pd.Series] = {}
+    alias: dict[str, dict[str, float]] = {}
+    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for tk, s in series.items():
+        if tk not in model.scalers:
+            log.warning("%s: not in the model (too little training history); skipped", tk)
+            continue
+        t_all = _origins(len(s), test_days)
+        out[tk] = tuple(np.full((len(t_all), H), np.nan) for _ in range(3))  # type: ignore[assignment]
+        for i, t in enumerate(t_all):
+            if t < L:
+                continue
+            key = f"{tk}@{s.index[t]:%Y-%m-%d}"
+            keys.append((tk, i, key))
+            cut[key] = s.iloc[t - L : t + 1]  # [L+1]: predict reads the last L returns
+            alias[key] = model.scalers[tk]
+    aliased = replace(model, scalers=alias)
+    for a in range(0, len(keys), chunk):
+        part = keys[a : a + chunk]
+        paths = predict(aliased, {key: cut[key] for _, _, key in part})
+        for tk, i, key in part:
+            p = paths.get(key)
+            if p is None:
+                continue
+            yhat, lower, upper = out[tk]
+            yhat[i], lower[i], upper[i] = p.yhat, p.lower, p.upper
+    return out
+
+
+def tutorial_forecasts(
+    series: Mapping[str, pd.Series],
+    through: dt.date,
+    train_len: int,
+    test_days: int,
+    horizon: int,
+    config: TutorialConfig,
+) -> dict[str, np.ndarray]:
+    """Tutorial-recipe forecasts ``[T, horizon]`` (prices) from every origin of each series.
+
+    Trained per series on its last ``train_len`` closes through ``through`` (the project
+    model's span); scaled over the whole series, as the recipe does."""
+    out: dict[str, np.ndarray] = {}
+    k = config.look_back
+    cutoff = pd.Timestamp(through)
+    for tk, s in series.items():
+        train = s[s.index <= cutoff].iloc[-train_len:]
+        model = fit_tutorial(s, train, config)
+        c = s.to_numpy(dtype=np.float64)
+        t = _origins(len(c), test_days)  # [T]
+        windows = np.lib.stride_tricks.sliding_window_view(c, k)[t - k + 1]  # [T, k]
+        out[tk] = forecast_tutorial(model, windows, horizon)  # [T, horizon]
+    return out
+
+
+def _rmse(err: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(err)))) if err.size else math.nan
+
+
+def score_rows(
+    series: Mapping[str, pd.Series],
+    group: TestGroup,
+    model_fc: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    tutorial_fc: Mapping[str, np.ndarray],
+    test_days: int,
+    horizons: Sequence[int],
+) -> list[dict[str, object]]:
+    """One row per (series, horizon) of a group: RMSEs, ratios to persistence, coverage."""
+    rows: list[dict[str, object]] = []
+    for tk in group.tickers:
+        s = series[tk]
+        c = s.to_numpy(dtype=np.float64)
+        n = len(c)
+        t = _origins(n, test_days)  # [T]
+        fc = model_fc.get(tk)
+        for h in horizons:
+            ok = t + h <= n - 1  # [T] origins whose target exists
+            tt = t[ok]
+            y, naive = c[tt + h], c[tt]  # [T_h]
+            naive_rmse = _rmse(y - naive)
+            rmse = coverage = width = tut_rmse = math.nan
+            if fc is not None:
+                yhat, lower, upper = (a[ok, h - 1] for a in fc)  # [T_h] each
+                rmse = _rmse(yhat - y)
+                coverage = float(np.mean((y >= lower) & (y <= upper)))
+                width = float(np.mean((upper - lower) / naive) * 100.0)
+            tut = tutorial_fc.get(tk)
+            if tut is not None:
+                tut_rmse = _rmse(tut[ok, h - 1] - y)
+            row: dict[str, object] = {
+                "ticker": tk,
+                "kind": "index" if tk in INDEX_TICKERS else "stock",
+                "trained_through": group.through.isoformat(),
+                "horizon": h,
+                "n_origins": int(ok.sum()),
+                "first_origin": f"{s.index[tt[0]]:%Y-%m-%d}",
+                "last_origin": f"{s.index[tt[-1]]:%Y-%m-%d}",
+                "rmse": rmse,
+                "naive_rmse": naive_rmse,
+                "ratio": rmse / naive_rmse if naive_rmse > 0 else math.nan,
+                "tutorial_rmse": tut_rmse,
+                "tutorial_ratio": tut_rmse / naive_rmse if naive_rmse > 0 else math.nan,
+                "coverage": coverage,
+                "width_pct": width,
+            }
+            rows.append(row)
+    return rows
+
+
+COLUMNS = [
+    "ticker",
+    "kind",
+    "trained_through",
+    "horizon",
+    "n_origins",
+    "first_origin",
+    "last_origin",
+    "rmse",
+    "naive_rmse",
+    "ratio",
+    "tutorial_rmse",
+    "tutorial_ratio",
+    "coverage",
+    "width_pct",
+]
+
+
+def run_accuracy(
+    series: Mapping[str, pd.Series],
+    config: ModelConfig,
+    *,
+    test_days: int = TEST_DAYS,
+    horizons: Sequence[int] = HORIZONS,
+    tutorial: TutorialConfig | None = None,
+    common: bool = False,
+    gap_days: int = 31,
+    progress: bool | None = False,
+) -> AccuracyResult:
+    """Fit one global model per test group, forecast every origin, score against persistence
+    and the tutorial recipe. ``series``: closes per ticker, indexed by trade date, ascending."""
+    if max(horizons) > config.horizon:
+        raise ValueError(
+            f"horizons {tuple(horizons)} reach past the model's horizon={config.horizon}; "
+            "raise horizon in the config or drop the longer horizons"
+        )
+    tut_cfg = tutorial or TutorialConfig(seed=config.seed)
+    groups = test_groups(series, test_days, gap_days=gap_days, common=common)
+    rows: list[dict[str, object]] = []
+    runs: list[GroupRun] = []
+    for group in groups:
+        members = {tk: series[tk] for tk in group.tickers}
+        t0 = time.perf_counter()
+        # Every series contributes its history up to the cutoff; fit() drops anything later.
+        model = fit(series, config, group.through, progress=progress)
+        t1 = time.perf_counter()
+        model_fc = project_forecasts(model, members, test_days)
+        t2 = time.perf_counter()
+        train_len = (config.history_days + config.input_len) if config.history_days else 10**9
+        tut_fc = tutorial_forecasts(
+            members, group.through, train_len, test_days, max(horizons), tut_cfg
+        )
+        t3 = time.perf_counter()
+        runs.append(GroupRun(group, model, t1 - t0, t2 - t1, t3 - t2))
+        rows += score_rows(series, group, model_fc, tut_fc, test_days, horizons)
+    return AccuracyResult(pd.DataFrame(rows, columns=COLUMNS), runs)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _f(x: float, digits: int = 3) -> str:
+    return "   nan" if not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def format_table(rows: pd.DataFrame) -> str:
+    """One line per series: model ratio, tutorial ratio and coverage at each horizon."""
+    hs = sorted(int(h) for h in rows["horizon"].unique())
+    order = list(dict.fromkeys(rows["ticker"]))
+
+    def wide(col: str) -> pd.DataFrame:  # [series, horizon]
+        return rows.pivot(index="ticker", columns="horizon", values=col).reindex(order)
+
+    ratio, tut, cov = wide("ratio"), wide("tutorial_ratio"), wide("coverage")
+    through = rows.groupby("ticker")["trained_through"].first()
+    n = rows.groupby("ticker")["n_origins"].max()
+    head = (
+        f"{'ticker':<10} {'through':<10} {'n':>4}  "
+        + " ".join(f"{'ratio@' + str(h):>8}" for h in hs)
+        + "  "
+        + " ".join(f"{'tut@' + str(h):>8}" for h in hs)
+        + "  "
+        + " ".join(f"{'cov@' + str(h):>7}" for h in hs)
+    )
+    lines = [head, "-" * len(head)]
+    for tk in order:
+        r = ratio.loc[tk].to_numpy(dtype=np.float64)  # [len(hs)]
+        t = tut.loc[tk].to_numpy(dtype=np.float64)
+        c = cov.loc[tk].to_numpy(dtype=np.float64)
+        flag = " " if bool(np.all(r <= TARGET_RATIO)) else "*"
+        lines.append(
+            f"{tk:<10} {through[tk]!s:<10} {int(n[tk]):>4}  "
+            + " ".join(f"{_f(x):>8}" for x in r)
+            + "  "
+            + " ".join(f"{_f(x):>8}" for x in t)
+            + "  "
+            + " ".join(f"{_f(x, 2):>7}" for x in c)
+            + flag
+        )
+    lines.append("(* = ratio above 1.00 at some horizon; ratio = RMSE / persistence RMSE)")
+    return "\n".join(lines)
+
+
+def format_summary(rows: pd.DataFrame) -> str:
+    """How many (series, horizon) pairs meet the targets, and ratio/coverage statistics."""
+    ok = rows["ratio"] <= TARGET_RATIO
+    lo, hi = TARGET_COVERAGE
+    cov_ok = rows["coverage"].between(lo, hi)
+    n_series = rows["ticker"].nunique()
+    series_ok = int(rows.assign(ok=ok).groupby("ticker")["ok"].all().sum())
+    lines = [
+        f"ratio <= {TARGET_RATIO:.2f}: {int(ok.sum())}/{len(rows)} series x horizons; "
+        f"{series_ok}/{n_series} series at every horizon",
+        f"coverage in [{lo:.2f}, {hi:.2f}]: {int(cov_ok.sum())}/{len(rows)} series x horizons",
+        f"{'h':>3} {'ratio mean':>10} {'ratio max':>10} {'worst':>10} {'<=1':>6} "
+        f"{'cov mean':>9} {'cov min':>8} {'cov max':>8} {'tut mean':>9} {'tut max':>8}",
+    ]
+    for h, g in rows.groupby("horizon"):
+        r = g["ratio"].to_numpy(dtype=np.float64)  # [series]
+        worst = str(g["ticker"].to_numpy()[int(np.nanargmax(r))]) if np.isfinite(r).any() else "-"
+        lines.append(
+            f"{h!s:>3} {_f(g['ratio'].mean(), 4):>10} {_f(g['ratio'].max(), 4):>10} "
+            f"{worst:>10} {int((g['ratio'] <= TARGET_RATIO).sum()):>3}/{len(g):<2} "
+            f"{_f(g['coverage'].mean()):>9} {_f(g['coverage'].min()):>8} "
+            f"{_f(g['coverage'].max()):>8} {_f(g['tutorial_ratio'].mean()):>9} "
+            f"{_f(g['tutorial_ratio'].max()):>8}"
+        )
+    lines.append(
+        f"all ratio mean {_f(rows['ratio'].mean(), 4)} max {_f(rows['ratio'].max(), 4)}; "
+        f"coverage mean {_f(rows['coverage'].mean())} min {_f(rows['coverage'].min())} "
+        f"max {_f(rows['coverage'].max())}; tutorial ratio mean "
+        f"{_f(rows['tutorial_ratio'].mean())} max {_f(rows['tutorial_ratio'].max())}"
+    )
+    for kind, g in rows.groupby("kind"):
+        lines.append(
+            f"{kind:>6}: ratio mean {_f(g['ratio'].mean(), 4)} max {_f(g['ratio'].max(), 4)}, "
+            f"coverage mean {_f(g['coverage'].mean())}, tutorial ratio mean "
+            f"{_f(g['tutorial_ratio'].mean())}"
+        )
+    return "\n".join(lines)
+
+
+def format_runs(runs: Sequence[GroupRun]) -> str:
+    """Per model: cutoff, series, validation ratio, shrink factors, timings."""
+    lines = []
+    for r in runs:
+        m = r.model
+        shrink = m.calibration.get("shrink", [])
+        lines.append(
+            f"model through {r.group.through} ({len(m.tickers)} training series, "
+            f"{m.n_train_samples} windows, {len(m.history)} epochs) for "
+            f"{len(r.group.tickers)} test series: val ratio {_f(m.val_ratio, 4)}, "
+            f"val coverage {_f(float(m.calibration.get('val_coverage', math.nan)))}, "
+            f"shrink h1/h5/h10 "
+            + "/".join(_f(float(shrink[h - 1]), 2) for h in HORIZONS if h <= len(shrink))
+            + f"; fit {r.fit_seconds:.0f}s, predict {r.predict_seconds:.1f}s, "
+            f"tutorial {r.tutorial_seconds:.1f}s"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, object]:
+    """``key=value`` pairs for ModelConfig; values parsed as JSON when they parse."""
+    known = {f.name for f in fields(ModelConfig)}
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"--set {item!r}: use KEY=VALUE with KEY one of {sorted(known)}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.accuracy",
+        description="Rolling-origin accuracy of the global LSTM vs persistence and the "
+        "tutorial recipe on real index and A-share closes.",
+    )
+    p.add_argument("--series-limit", type=int, default=30, help="panel stocks (default 30)")
+    p.add_argument("--epochs", type=int, default=None, help="max_epochs of the model")
+    p.add_argument("--device", default=None, help="model device (auto, cpu, cuda, ...)")
+    p.add_argument("--quick", action="store_true", help="small settings for a fast check")
+    p.add_argument("--test-days", type=int, default=None, help=f"default {TEST_DAYS}")
+    p.add_argument("--split", choices=("group", "common"), default="group")
+    p.add_argument("--group-gap", type=int, default=31, help="calendar days (default 31)")
+    p.add_argument("--no-indices", action="store_true", help="panel stocks only")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a ModelConfig field (repeatable), e.g. --set hidden_size=32",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"CSV (default {DEFAULT_OUT})")
+    p.add_argument("-v", "--verbose", action="store_true", help="log training progress")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides: dict[str, object] = {}
+    test_days = TEST_DAYS
+    tut = TutorialConfig()
+    limit = args.series_limit
+    if args.quick:
+        # Small enough for a minute on a shared CPU; figures are only a smoke signal.
+        overrides.update(hidden_size=16, max_epochs=3, history_days=400, val_days=40)
+        test_days, tut = 60, replace(tut, epochs=30)
+        limit = min(limit, 4)
+    if args.epochs is not None:
+        overrides["max_epochs"] = args.epochs
+    if args.device:
+        overrides["device"] = args.device
+    overrides.update(_parse_set(args.set))
+    if args.test_days:
+        test_days = args.test_days
+    config = replace(ModelConfig(), **overrides)  # type: ignore[arg-type]
+    tut = replace(tut, seed=config.seed)
+
+    series: dict[str, pd.Series] = {} if args.no_indices else load_indices()
+    series.update(choose_panel_tickers(limit))
+    print(
+        f"accuracy benchmark: {len(series)} series ({sum(t in INDEX_TICKERS for t in series)} "
+        f"indices, {limit} panel stocks), last {test_days} trading days each, horizons "
+        f"{HORIZONS}, split={args.split}"
+    )
+    print("model config: " + json.dumps(config.to_dict(), sort_keys=True))
+    started = time.perf_counter()
+    result = run_accuracy(
+        series,
+        config,
+        test_days=test_days,
+        tutorial=tut,
+        common=args.split == "common",
+        gap_days=args.group_gap,
+    )
+    print(format_runs(result.runs))
+    print()
+    print(format_table(result.rows))
+    print()
+    print(format_summary(result.rows))
+    print(f"total {time.perf_counter() - started:.0f}s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result.rows.to_csv(args.out, index=False, float_format="%.6g")
+    print(f"rows written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
