@@ -19,7 +19,6 @@ The ingest is incremental and idempotent:
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import math
@@ -187,16 +186,20 @@ def validate_bars(
     frame = raw.copy()
     frame["trade_date"] = _as_dates(frame["trade_date"])
     for col in VALUE_COLUMNS:
-        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        if frame[col].dtype != "float64":  # the protocol promises floats; coerce the rest
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
 
-    reasons: list[list[str]] = [[] for _ in range(len(frame))]
+    # Reasons only for flagged rows: most batches are clean, and this runs once per ticker.
+    reasons: dict[int, list[str]] = {}
 
     def flag(mask: np.ndarray, make: Any) -> None:
         for i in np.flatnonzero(mask):
-            reasons[i].append(make(i))
+            reasons.setdefault(int(i), []).append(make(int(i)))
 
-    dates: list[dt.date | None] = [None if pd.isna(d) else d for d in frame["trade_date"]]
     no_date = frame["trade_date"].isna().to_numpy()
+    dates: list[dt.date | None] = frame["trade_date"].tolist()
+    if no_date.any():
+        dates = [None if missing else d for d, missing in zip(dates, no_date, strict=True)]
     flag(no_date, lambda i: "the row has no trade_date")
     other = (frame["ticker"].astype("object") != ticker).to_numpy()
     flag(other, lambda i: f"the source returned it for ticker {frame['ticker'].iat[i]!r}")
@@ -208,7 +211,11 @@ def validate_bars(
     distinct = frame.loc[~exact_dup & ~no_date, "trade_date"]
     versions: dict[Any, int] = distinct.value_counts().to_dict()
     conflict_dates = {d for d, n in versions.items() if n > 1}
-    conflict = np.array([d in conflict_dates for d in dates], dtype=bool)
+    conflict = (
+        np.array([d in conflict_dates for d in dates], dtype=bool)
+        if conflict_dates
+        else np.zeros(len(frame), dtype=bool)
+    )
     flag(
         conflict,
         lambda i: f"the source sent {versions[dates[i]]} different rows for this date",
@@ -227,7 +234,8 @@ def validate_bars(
         closed[has_date] = cal.known_closed_mask([d for d in dates if d is not None])
         flag(closed, lambda i: _closed_reason(cal, dates[i]))
 
-    bad = np.array([bool(r) for r in reasons])
+    bad = np.zeros(len(frame), dtype=bool)
+    bad[list(reasons)] = True
     # Exact copies of a bad row are recorded once, like exact copies of a good one are stored once.
     rejections = [
         Rejection(
@@ -236,7 +244,7 @@ def validate_bars(
             raw=_raw_json(raw.iloc[i]),
             reason=_sentence(ticker, dates[i], reasons[i]),
         )
-        for i in np.flatnonzero(bad & ~exact_dup)
+        for i in np.flatnonzero(bad & ~exact_dup).tolist()
     ]
     clean = frame[~bad & ~exact_dup].sort_values("trade_date", ignore_index=True)
     clean["ticker"] = ticker
@@ -278,7 +286,7 @@ def _raw_json(row: pd.Series) -> dict[str, Any]:
 def _as_dates(col: pd.Series) -> pd.Series:
     """``datetime.date`` objects (None where missing) from whatever the source sent."""
     values = col.astype("object")
-    if values.map(lambda v: isinstance(v, dt.date) and not isinstance(v, dt.datetime)).all():
+    if all(type(v) is dt.date for v in values.tolist()):  # what the protocol promises
         return values
     as_str = values.map(lambda v: v if isinstance(v, str) else None)
     if as_str.notna().all() and as_str.str.fullmatch(r"\d{8}").all():
@@ -505,19 +513,17 @@ def upsert_prices(
             and_(c.ticker == ticker, c.trade_date >= lo, c.trade_date <= hi)
         )
     ).all()
+    pos = np.full(len(clean), -1)
     if rows:
-        stored = pd.DataFrame(rows, columns=["trade_date", *VALUE_COLUMNS])
-        for k in VALUE_COLUMNS:
-            stored[k] = stored[k].astype("float64")
-        pos = pd.Index(stored["trade_date"]).get_indexer(clean["trade_date"])
-    else:
-        stored = None
-        pos = np.full(len(clean), -1)
+        # Plain columns, not a DataFrame of Row objects: building one costs more than the query.
+        stored_dates, *stored_values = zip(*rows, strict=True)
+        stored = np.array(stored_values, dtype="float64").T  # [n_stored, 7]; NULL -> NaN
+        pos = pd.Index(stored_dates).get_indexer(clean["trade_date"].tolist())
     is_new = pos < 0
     same = np.zeros(len(clean), dtype=bool)
-    if stored is not None and (~is_new).any():
-        old = stored[list(VALUE_COLUMNS)].to_numpy()[pos[~is_new]]  # [n_matched, 7]
-        new = clean[list(VALUE_COLUMNS)].to_numpy()[~is_new]  # [n_matched, 7]
+    if rows and (~is_new).any():
+        old = stored[pos[~is_new]]  # [n_matched, 7]
+        new = clean[list(VALUE_COLUMNS)].to_numpy(dtype="float64")[~is_new]  # [n_matched, 7]
         same[~is_new] = np.isclose(new, old, rtol=RTOL, atol=ATOL, equal_nan=True).all(axis=1)
     changed = ~is_new & ~same
 
@@ -542,29 +548,56 @@ def upsert_prices(
 def _bulk_insert(
     conn: Connection, ticker: str, rows: pd.DataFrame, source: str, ingested_at: dt.datetime
 ) -> None:
-    cols = ["trade_date", *VALUE_COLUMNS]
+    """Insert rows known to be new, below SQLAlchemy's per-row parameter handling.
+
+    Building a parameter dict per row and running it through the compiled statement costs more
+    than the database's own work, so tuples go straight to the driver inside the caller's
+    transaction: ``COPY`` on Postgres, ``executemany`` on SQLite.
+    """
+    columns = ["ticker", "trade_date", *VALUE_COLUMNS, "source", "ingested_at"]
+    floats = [_nullable(rows[c].to_numpy(dtype="float64")) for c in VALUE_COLUMNS]
+    n = len(rows)
+    prep = conn.dialect.identifier_preparer
+    table = prep.format_table(prices)
+    names = ", ".join(prep.quote(c) for c in columns)
     if conn.dialect.name == "postgresql":
-        # COPY is several times faster than even batched INSERTs. The rows were just found
-        # missing in this transaction; a concurrent writer inserting the same key makes this
-        # ticker fail with a unique violation (and the run say so) rather than double-write.
-        frame = rows[cols].copy()
-        frame.insert(0, "ticker", ticker)
-        frame["source"] = source
-        frame["ingested_at"] = ingested_at.isoformat()
-        buf = io.StringIO()
-        # CSV with an empty unquoted field is NULL, which is how NaN must land (not 'NaN').
-        frame.to_csv(buf, header=False, index=False, na_rep="")
-        names = ", ".join(frame.columns)
+        # The rows were just found missing in this transaction; a concurrent writer inserting
+        # the same key makes this ticker fail with a unique violation (and the run say so).
+        dates = rows["trade_date"].tolist()
+        tuples = zip([ticker] * n, dates, *floats, [source] * n, [ingested_at] * n, strict=True)
         raw = conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy(f"COPY prices ({names}) FROM STDIN (FORMAT csv)") as cp:  # type: ignore[union-attr]
-            cp.write(buf.getvalue())
+        with raw.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as cp:  # type: ignore[union-attr]
+            for row in tuples:
+                cp.write_row(row)
         return
-    records = _records(rows[cols])
-    for r in records:
-        r["ticker"] = ticker
-        r["source"] = source
-        r["ingested_at"] = ingested_at
-    conn.execute(insert(prices), records)
+    # Bind values exactly as SQLAlchemy would store them, so reads through it see no difference.
+    dialect = conn.dialect
+    to_date = prices.c.trade_date.type.dialect_impl(dialect).bind_processor(dialect) or _same
+    to_stamp = prices.c.ingested_at.type.dialect_impl(dialect).bind_processor(dialect) or _same
+    dates = rows["trade_date"].tolist()
+    # SQLite stores a DATE as its ISO string; isoformat() is that, several times faster than
+    # the generic processor. Checked on the first row, so another storage format still works.
+    if dates and to_date(dates[0]) == dates[0].isoformat():
+        dates = [d.isoformat() for d in dates]
+    else:
+        dates = [to_date(d) for d in dates]
+    stamp = to_stamp(ingested_at)
+    tuples = zip([ticker] * n, dates, *floats, [source] * n, [stamp] * n, strict=True)
+    marks = ", ".join("?" for _ in columns)
+    conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(tuples))
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _nullable(values: np.ndarray) -> list[float | None]:
+    """Floats with NaN as None: missing values must land as NULL, not as a NaN float."""
+    out: list[float | None] = values.tolist()
+    if np.isnan(values).any():
+        for i in np.flatnonzero(np.isnan(values)):
+            out[i] = None
+    return out
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
