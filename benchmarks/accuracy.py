@@ -44,10 +44,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.common import INDEX_TICKERS, choose_panel_tickers, load_indices
-from benchmarks.tutorial_lstm import TutorialConfig, fit_tutorial, forecast_tutorial
-from forecasting.lstm import ModelConfig
-from forecasting.training import TrainedModel, fit, predict
+if __package__ in (None, ""):  # run as a script (`python benchmarks/accuracy.py`, the Makefile)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import INDEX_TICKERS, choose_panel_tickers, load_indices  # noqa: E402
+from benchmarks.tutorial_lstm import (  # noqa: E402
+    TutorialConfig,
+    fit_tutorial,
+    forecast_tutorial,
+)
+from forecasting.lstm import ModelConfig  # noqa: E402
+from forecasting.training import TrainedModel, fit, predict  # noqa: E402
 
 HORIZONS = (1, 5, 10)
 TEST_DAYS = 250
@@ -60,7 +67,7 @@ log = logging.getLogger("benchmarks.accuracy")
 
 
 @dataclass(frozen=True)
-class TestGroup:
+class WindowGroup:
     """Series tested with one model, trained through ``through``."""
 
     through: dt.date  # the day before the group's earliest first origin
@@ -71,7 +78,7 @@ class TestGroup:
 class GroupRun:
     """What one group's model did: its cutoff, validation figures and timings."""
 
-    group: TestGroup
+    group: WindowGroup
     model: TrainedModel
     fit_seconds: float
     predict_seconds: float
@@ -94,13 +101,13 @@ def _to_date(d: np.datetime64) -> dt.date:
     return dt.date.fromisoformat(str(d)[:10])
 
 
-def test_groups(
+def window_groups(
     series: Mapping[str, pd.Series],
     test_days: int = TEST_DAYS,
     *,
     gap_days: int = 31,
     common: bool = False,
-) -> list[TestGroup]:
+) -> list[WindowGroup]:
     """Group series whose test windows start within ``gap_days`` of each other.
 
     Each series' first origin is its ``test_days``-th last trading day; a group trains through
@@ -118,7 +125,7 @@ def test_groups(
             )
         starts.append((d[-test_days], d[-test_days - 1], tk))  # (first origin, day before, ticker)
     starts.sort()
-    groups: list[TestGroup] = []
+    groups: list[WindowGroup] = []
     group_start: np.datetime64 | None = None
     members: list[str] = []
     through: np.datetime64 | None = None
@@ -127,11 +134,11 @@ def test_groups(
             not common and (first - group_start) > np.timedelta64(gap_days, "D")
         ):
             if members and through is not None:
-                groups.append(TestGroup(_to_date(through), tuple(members)))
+                groups.append(WindowGroup(_to_date(through), tuple(members)))
             group_start, through, members = first, before, []
         members.append(tk)
     if members and through is not None:
-        groups.append(TestGroup(_to_date(through), tuple(members)))
+        groups.append(WindowGroup(_to_date(through), tuple(members)))
     return groups
 
 
@@ -217,7 +224,7 @@ def _rmse(err: np.ndarray) -> float:
 
 def score_rows(
     series: Mapping[str, pd.Series],
-    group: TestGroup,
+    group: WindowGroup,
     model_fc: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     tutorial_fc: Mapping[str, np.ndarray],
     test_days: int,
@@ -302,7 +309,7 @@ def run_accuracy(
             "raise horizon in the config or drop the longer horizons"
         )
     tut_cfg = tutorial or TutorialConfig(seed=config.seed)
-    groups = test_groups(series, test_days, gap_days=gap_days, common=common)
+    groups = window_groups(series, test_days, gap_days=gap_days, common=common)
     rows: list[dict[str, object]] = []
     runs: list[GroupRun] = []
     for group in groups:

@@ -6,12 +6,18 @@ relative to the repository root so they run from any working directory.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pandas as pd
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The same override as the tests' ``shared_data`` fixture, for a checkout laid out differently.
+DATA_DIR = Path(
+    os.environ.get(
+        "FORECASTING_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    )
+)
 INDEX_TICKERS = ("000300.SH", "000905.SH", "000852.SH", "000016.SH")
 # On the SSE, 000xxx codes are indices (stocks start with 6); on the SZSE, 399xxx are indices.
 _INDEX_CODE = re.compile(r"^(000\d{3}\.SH|399\d{3}\.SZ)$")
