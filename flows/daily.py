@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.common import engine_for, parse_date, settings, task_runner
+from flows.common import SettingsTaskRunner, engine_for, parse_date, settings, task_runner
 from flows.ingest import ingest_task
 from forecasting import pipeline, runs
 from forecasting.calendar import TradingCalendar
@@ -24,7 +25,7 @@ from forecasting.forecasts import WriteResult, next_day_forecasts
 from forecasting.locks import scope_lock
 from forecasting.settings import Settings
 
-TASK_OPTS = dict(cache_policy=NO_CACHE, persist_result=False)
+TASK_OPTS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
 @task(**TASK_OPTS)
@@ -107,7 +108,7 @@ def _today() -> dt.date:
     return pipeline.shanghai_today(scheduled) if scheduled else pipeline.shanghai_today()
 
 
-@flow(name="daily", log_prints=True)
+@flow(name="daily", log_prints=True, task_runner=SettingsTaskRunner())
 def daily(
     as_of: str | None = None,
     force_retrain: bool = False,
@@ -174,7 +175,11 @@ def daily(
                 check_task.submit(s, resolved, pipeline.scope_name(lineage, u), t, force_retrain)
                 for u, t in units.items()
             ]
-            outcomes = [refit_task.submit(s, resolved, c, run_id) for c in checks]
+            # Passing a future makes the refit wait for its check; Prefect's stubs don't model it.
+            outcomes = [
+                refit_task.submit(s, resolved, c, run_id)  # type: ignore[call-overload]
+                for c in checks
+            ]
             outcome_values = [o.result() for o in outcomes]
             parts = forecast_task.map(s, resolved, shards(units, shard_size), lineage)
             batch = pipeline.ForecastBatch(resolved)
