@@ -112,3 +112,13 @@ def engine(db_url: str) -> Iterator[Engine]:
     init_db(eng)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API server (its own SQLite) for every flow test of the session:
+    starting one takes 10-20 s, so the flow tests share it and each test uses its own database."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
