@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.backfill import link_latest_report
 from flows.common import SettingsTaskRunner, engine_for, parse_date, settings, task_runner
 from flows.ingest import ingest_task
 from forecasting import pipeline, runs
@@ -81,6 +82,7 @@ def summary_task(s: Settings, summary: pipeline.RunSummary) -> str:
             ],
             description=f"Next-day forecasts as of {summary.as_of}",
         )
+    link_latest_report(s)
     return md
 
 
