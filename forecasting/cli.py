@@ -267,7 +267,10 @@ def cmd_backfill(args: argparse.Namespace, s: Settings) -> int:
     from flows.backfill import backfill
 
     result = backfill(
-        start=args.start.isoformat(), end=args.end.isoformat(), tickers=_tickers(args.tickers)
+        start=args.start.isoformat(),
+        end=args.end.isoformat(),
+        tickers=_tickers(args.tickers),
+        progress=sys.stderr.isatty(),
     )
     print(result if isinstance(result, str) else getattr(result, "message", result))
     return 0
