@@ -5,8 +5,9 @@ The dataset is point-in-time: :func:`fit` first drops every observation after ``
 series' scaler on its training span only — the span before the last ``val_days`` trading days,
 whose targets form the validation set. Validation then serves three purposes: early stopping,
 a per-horizon shrink factor that pulls the point forecast toward persistence (daily returns are
-nearly unpredictable; the factor is chosen to minimize validation MSE, so the point forecast is
-never worse than persistence on validation), and conformal calibration of the interval.
+nearly unpredictable; the factor is the lower confidence bound of the MSE-optimal one, so the
+point forecast is never worse than persistence on validation and is exactly persistence when
+validation shows no reliable skill), and conformal calibration of the interval.
 
 Units: "normalized" errors are in target units — cumulative log-returns divided by the
 series' training-span daily std for ``log_return``, min-max scaled prices for ``minmax``.
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MIN_TRAIN_WINDOWS = 20  # fewer training windows than this and a series only adds noise
 GRAD_CLIP = 1.0
+SHRINK_Z = 2.0  # shrink to the lower ~97.5% confidence bound of the MSE-optimal factor
 EVAL_BATCH = 8192
 _ARCH_FIELDS = ("input_len", "horizon", "cell", "hidden_size", "num_layers", "target", "loss")
 
@@ -187,6 +189,67 @@ def _forward(net: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.
     return torch.cat(outs)
 
 
+@dataclass(frozen=True)
+class Dataset:
+    """The point-in-time training set: the panel plus training and validation origins."""
+
+    panel: Panel
+    train_idx: np.ndarray  # [Nt] flat origins whose targets all precede the validation span
+    val_idx: np.ndarray  # [Nv] flat origins whose targets lie in the last val_days
+    scalers: dict[str, dict[str, float]]
+
+
+def build_dataset(
+    series: Mapping[str, pd.Series],
+    config: ModelConfig,
+    through: dt.date,
+    *,
+    init: TrainedModel | None = None,
+) -> Dataset:
+    """Cut every series at ``through``, keep its last ``history_days`` (``finetune_days`` when
+    fine-tuning from ``init``) plus ``input_len`` of context, fit its scaler on the span before
+    the last ``val_days`` (or reuse ``init``'s) and index the windows. Short series are skipped
+    with a log line."""
+    L, H, V = config.input_len, config.horizon, config.val_days
+    days = config.finetune_days if init is not None else config.history_days
+    min_len = L + H + V + MIN_TRAIN_WINDOWS
+    closes: dict[str, np.ndarray] = {}
+    dates: dict[str, np.ndarray] = {}
+    scalers: dict[str, dict[str, float]] = {}
+    for tk, s in series.items():
+        d, c = _clean(s, through, tk)
+        if days > 0:
+            d, c = d[-(days + L) :], c[-(days + L) :]
+        if len(c) < min_len:
+            log.info(
+                "skipping %s: %d usable closes through %s, need %d (input_len+horizon+val_days+%d)",
+                tk,
+                len(c),
+                through,
+                min_len,
+                MIN_TRAIN_WINDOWS,
+            )
+            continue
+        fit_end = len(c) - V  # exclusive; the scaler never sees the validation span
+        if init is not None and tk in init.scalers:
+            scalers[tk] = dict(init.scalers[tk])
+        else:
+            scalers[tk] = scaling.fit_scaler(c[:fit_end], config.target, name=tk)
+        closes[tk], dates[tk] = c, d
+    if not closes:
+        raise ValueError(
+            f"no series has enough history through {through}: each needs at least {min_len} "
+            "closes; ingest more history or lower input_len/val_days"
+        )
+    panel = build_panel(closes, dates, scalers, config.target)
+    n = panel.lengths  # [S]
+    val_start = n - V  # [S] local position of the first validation target
+    train_idx = origins(panel, L, H, np.zeros_like(n), val_start - 1 - H)  # targets < val_start
+    val_idx = origins(panel, L, H, val_start - 1, n - 1)  # targets within the validation span
+
+    return Dataset(panel, train_idx, val_idx, scalers)
+
+
 def fit(
     series: Mapping[str, pd.Series],
     config: ModelConfig,
@@ -225,42 +288,9 @@ def fit(
                 f"cannot fine-tune: the model trained through {init.trained_through} differs "
                 f"from the config in {diff}; run a full retrain (`forecasting train --full`)"
             )
-    L, H, V = config.input_len, config.horizon, config.val_days
-    days = config.finetune_days if init is not None else config.history_days
-    min_len = L + H + V + MIN_TRAIN_WINDOWS
-    closes: dict[str, np.ndarray] = {}
-    dates: dict[str, np.ndarray] = {}
-    scalers: dict[str, dict[str, float]] = {}
-    for tk, s in series.items():
-        d, c = _clean(s, through, tk)
-        if days > 0:
-            d, c = d[-(days + L) :], c[-(days + L) :]
-        if len(c) < min_len:
-            log.info(
-                "skipping %s: %d usable closes through %s, need %d (input_len+horizon+val_days+%d)",
-                tk,
-                len(c),
-                through,
-                min_len,
-                MIN_TRAIN_WINDOWS,
-            )
-            continue
-        fit_end = len(c) - V  # exclusive; the scaler never sees the validation span
-        if init is not None and tk in init.scalers:
-            scalers[tk] = dict(init.scalers[tk])
-        else:
-            scalers[tk] = scaling.fit_scaler(c[:fit_end], config.target, name=tk)
-        closes[tk], dates[tk] = c, d
-    if not closes:
-        raise ValueError(
-            f"no series has enough history through {through}: each needs at least {min_len} "
-            "closes; ingest more history or lower input_len/val_days"
-        )
-    panel = build_panel(closes, dates, scalers, config.target)
-    n = panel.lengths  # [S]
-    val_start = n - V  # [S] local position of the first validation target
-    train_idx = origins(panel, L, H, np.zeros_like(n), val_start - 1 - H)  # targets < val_start
-    val_idx = origins(panel, L, H, val_start - 1, n - 1)  # targets within the validation span
+    ds = build_dataset(series, config, through, init=init)
+    panel, train_idx, val_idx, scalers = ds.panel, ds.train_idx, ds.val_idx, ds.scalers
+    L, H = config.input_len, config.horizon
 
     device = device_for(config)
     lr = config.finetune_lr if init is not None else config.lr
@@ -279,7 +309,8 @@ def fit(
         out = _forward(net, tw.inputs(vidx)).numpy()  # [Nv, H, Q]
         y = tw.targets(vidx).double().cpu().numpy()  # [Nv, H]
         naive = tw.naive(vidx).double().cpu().numpy()  # [Nv, H]
-    calibration = calibrate(out, y, naive, config)
+    flat_dates = np.concatenate(panel.dates).astype(np.int64)  # [N] day numbers
+    calibration = calibrate(out, y, naive, config, groups=flat_dates[val_idx])
     point = apply_calibration(out, naive, calibration, config)[0]
     model = TrainedModel(
         config=config,
@@ -393,7 +424,8 @@ def _train(
                 nn.utils.clip_grad_norm_(params, GRAD_CLIP)
                 opt.step()
                 total += loss.detach().double() * len(idx)
-            train_loss = float(total) / max(len(tidx), 1)
+            train_loss = float(total) / max(len(tidx), 1)  # float() waits for the device
+            t1 = time.perf_counter()
             vl = val_loss()
             sched.step(vl)
             seconds = time.perf_counter() - t0
@@ -403,7 +435,8 @@ def _train(
                     "train_loss": train_loss,
                     "val_loss": vl,
                     "lr": opt.param_groups[0]["lr"],
-                    "seconds": seconds,
+                    "seconds": seconds,  # whole epoch
+                    "train_seconds": t1 - t0,  # the optimization loop alone
                 }
             )
             if bar is not None:
@@ -446,31 +479,76 @@ def _conformal_level(n: int, coverage: float) -> float:
     return min(1.0, math.ceil((n + 1) * coverage) / max(n, 1))
 
 
+def shrink_factors(
+    d: np.ndarray, e: np.ndarray, groups: np.ndarray | None = None, z: float = SHRINK_Z
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-horizon factor ``a`` in ``[0, 1]`` for ``point = naive + a * d``.
+
+    ``d [N, H]`` is the predicted change from persistence, ``e [N, H]`` the actual one. The
+    least-squares ``a_ls = <d, e> / <d, d>`` minimizes validation MSE, but validation is short
+    and its windows are far from independent: every series moves with the market on the same
+    day, and the h-day targets of consecutive origins overlap. So ``a_ls`` is noisy, and a
+    model that merely caught the validation period's trend gets a large factor and then loses
+    to persistence out of sample. We therefore use the lower confidence bound
+    ``a = clip(a_ls - z * se, 0, 1)``, with ``se`` from the per-date sums (``groups``: one
+    label per window, its origin date) and a Bartlett (Newey-West) correction for ``h`` days of
+    overlap. No evidence of skill -> ``a = 0`` -> exactly persistence.
+    Returns ``(a, a_ls, se)``, each ``[H]``.
+    """
+    n, horizon = d.shape
+    if n == 0:
+        zeros = np.zeros(horizon)
+        return zeros, zeros, zeros
+    if groups is None:
+        groups = np.arange(n)
+    _, g = np.unique(groups, return_inverse=True)  # [N] group number, in date order
+    n_groups = int(g.max()) + 1
+    num = np.zeros((n_groups, horizon))
+    den = np.zeros((n_groups, horizon))
+    np.add.at(num, g, d * e)  # [G, H] per-date sums
+    np.add.at(den, g, d * d)
+    total_den = np.maximum(den.sum(0), 1e-12)  # [H]
+    a_ls = num.sum(0) / total_den  # [H]
+    u = num - a_ls * den  # [G, H] per-date score of the LS equation
+    var = (u * u).sum(0)  # [H]
+    for h in range(horizon):
+        for lag in range(1, min(h + 1, n_groups - 1) + 1):  # h-day targets overlap h-1 days
+            w = 1.0 - lag / (h + 2)
+            var[h] += 2.0 * w * (u[lag:, h] * u[:-lag, h]).sum()
+    se = np.sqrt(np.maximum(var, 0.0)) / total_den  # [H]
+    return np.clip(a_ls - z * se, 0.0, 1.0), a_ls, se
+
+
 def calibrate(
-    out: np.ndarray, y: np.ndarray, naive: np.ndarray, config: ModelConfig
+    out: np.ndarray,
+    y: np.ndarray,
+    naive: np.ndarray,
+    config: ModelConfig,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit the point shrink and interval offsets per horizon on validation windows.
 
-    ``out [N, H, Q]`` raw network outputs, ``y [N, H]`` actual targets, ``naive [N, H]``.
-    Shrink: ``point = naive + a_h * (median - naive)`` with ``a_h`` in ``[0, 1]`` minimizing
-    validation MSE (least squares, clipped). Interval: conformalized quantile regression —
-    the model's quantile band is re-centred on the point and widened (or narrowed) by the
-    conformal quantile of its validation misses; for the MSE loss, validation residual
-    quantiles around the point.
+    ``out [N, H, Q]`` raw network outputs, ``y [N, H]`` actual targets, ``naive [N, H]``,
+    ``groups [N]`` the origin date of each window. Shrink: ``point = naive + a_h * (median -
+    naive)`` with ``a_h`` from :func:`shrink_factors`. Interval: conformalized quantile
+    regression — the model's quantile band is re-centred on the point and widened (or
+    narrowed) by the conformal quantile of its validation misses; for the MSE loss, validation
+    residual quantiles around the point.
     """
     cfg = config
     out = np.sort(out, axis=-1)  # [N, H, Q]; quantile heads may cross
     m = out[..., cfg.median_index]  # [N, H]
     d, e = m - naive, y - naive  # [N, H] predicted and actual change from persistence
-    if cfg.shrink:
-        shrink = np.clip((d * e).sum(0) / np.maximum((d * d).sum(0), 1e-12), 0.0, 1.0)  # [H]
-    else:
+    shrink, a_ls, se = shrink_factors(d, e, groups)
+    if not cfg.shrink:
         shrink = np.ones(cfg.horizon)
     point = naive + shrink * d  # [N, H]
     n = len(y)
     calib: dict[str, Any] = {
         "interval": cfg.interval,
         "shrink": shrink.tolist(),
+        "shrink_ls": a_ls.tolist(),
+        "shrink_se": se.tolist(),
         "n_val": int(n),
         "val_rmse_raw": _rmse(m - y),
     }
