@@ -30,6 +30,9 @@ class ModelConfig:
     ``target`` picks the representation (see :mod:`forecasting.scaling`): ``log_return`` is the
     default; ``minmax`` is the tutorial-style price-level scaling, kept only for comparison.
     ``interval`` is the nominal coverage of the forecast interval (0.8 = 10%..90%).
+    ``history_days`` / ``finetune_days``: trading days of each series used by a full fit / a
+    fine-tune (plus ``input_len`` of context); 0 means all of it. ``per_ticker``: the caller
+    fits one model per ticker (:func:`forecasting.training.fit_per_ticker`).
     ``shrink`` lets calibration pull the point forecast toward persistence by a per-horizon
     factor in ``[0, 1]`` fitted on validation (off only for ablations).
     """

@@ -103,6 +103,13 @@ def device_for(config: ModelConfig) -> torch.device:
     return torch.device(config.device)
 
 
+def _inference_device(config: ModelConfig) -> torch.device:
+    """Like :func:`device_for`, but a model trained on a GPU still forecasts on a machine
+    without one."""
+    device = device_for(config)
+    return device if device.type != "cuda" or torch.cuda.is_available() else torch.device("cpu")
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -641,7 +648,7 @@ def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, P
     if not keep:
         return {}
     x = torch.from_numpy(np.stack(xs).astype(np.float32)).unsqueeze(-1)  # [S, L, 1]
-    device = device_for(cfg)
+    device = _inference_device(cfg)
     out = _forward(build_network(model, device), x.to(device)).numpy()  # [S, H, Q]
     nv = np.repeat(np.asarray(naive)[:, None], cfg.horizon, axis=1)  # [S, H]
     point, lower, upper = apply_calibration(out, nv, model.calibration, cfg)
@@ -706,7 +713,7 @@ def score(
     if not xs:
         return Score(math.nan, math.nan, 0)
     x_all = torch.from_numpy(np.concatenate(xs).astype(np.float32)).unsqueeze(-1)  # [N, L, 1]
-    device = device_for(cfg)
+    device = _inference_device(cfg)
     out = _forward(build_network(model, device), x_all.to(device)).numpy()  # [N, H, Q]
     y, nv, mask = np.concatenate(ys), np.concatenate(nvs), np.concatenate(masks)  # [N, H]
     point = apply_calibration(out, nv, model.calibration, cfg)[0]

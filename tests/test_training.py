@@ -258,3 +258,13 @@ def test_shrink_is_zero_without_evidence_and_near_one_with_it() -> None:
     assert np.all(a == 0.0) and np.all(se > 0)
     a, a_ls, _ = shrink_factors(d, 0.8 * d + 0.3 * noise, groups)
     assert np.all(a > 0.7) and np.all(a <= a_ls)
+
+
+def test_a_gpu_trained_model_forecasts_on_the_cpu() -> None:
+    """A model whose config asked for CUDA still predicts on a machine without a GPU."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the fallback is for machines without one")
+    data = _panel(2)
+    m = fit(data, SMALL, dt.date(2021, 1, 1))
+    gpu = replace(m, config=replace(m.config, device="cuda"))
+    np.testing.assert_array_equal(predict(gpu, data)["T0.SH"].yhat, predict(m, data)["T0.SH"].yhat)
