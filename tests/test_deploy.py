@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 from flow_support import AS_OF, ELIGIBLE, HORIZON, use_database
+from prefect.blocks.system import Secret as SecretBlock
 from prefect.cli.deploy._models import (
     DeploymentConfig,
     PrefectYamlModel,
@@ -40,7 +41,7 @@ from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
 from sqlalchemy import select
 
-from flows.common import engine_for
+from flows.common import TUSHARE_SECRET_BLOCK, engine_for, settings
 from flows.serve import DAILY_CRON, TIMEZONE, build_deployments, serve
 from forecasting.schema import forecasts, pipeline_runs
 from forecasting.settings import SettingsError
@@ -86,6 +87,37 @@ def test_prefect_yaml_holds_no_secret() -> None:
     body = "\n".join(lines).lower()
     for word in ("token", "password", "secret", "postgresql://", "env:"):
         assert word not in body, word
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_tushare_token_comes_from_the_environment_else_a_secret_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker without TUSHARE_TOKEN reads the token from the Prefect Secret block
+    ``tushare-token``; TUSHARE_TOKEN wins when set; neither shows in the settings' repr; with
+    neither, the token is empty (the tushare source then says how to set it)."""
+    monkeypatch.delenv("FORECASTING_CONFIG", raising=False)
+    monkeypatch.delenv("FORECASTING_TUSHARE_SECRET_BLOCK", raising=False)
+    monkeypatch.delenv("TUSHARE_TOKEN", raising=False)
+    block: Any = SecretBlock(value="from-the-block-0123")  # type: ignore[arg-type]  # str is coerced
+    block_id = block.save(TUSHARE_SECRET_BLOCK, overwrite=True)
+    try:
+        from_block = settings()
+        monkeypatch.setenv("TUSHARE_TOKEN", "from-the-env-4567")
+        from_env = settings()
+        monkeypatch.delenv("TUSHARE_TOKEN")
+        monkeypatch.setenv("FORECASTING_TUSHARE_SECRET_BLOCK", "no-such-block")
+        neither = settings()
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_block_document(block_id)
+
+    assert from_block.tushare_token.value == "from-the-block-0123"
+    assert from_env.tushare_token.value == "from-the-env-4567"
+    assert neither.tushare_token.value == ""
+    for s in (from_block, from_env):
+        assert s.tushare_token.value not in repr(s)
 
 
 def test_daily_fires_on_weekday_evenings_after_the_shanghai_close() -> None:
