@@ -407,9 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Our own progress at INFO; third-party chatter (httpx, the Prefect server) stays quiet.
+    logging.getLogger("forecasting").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    for name, value in (
+        ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+        ("PREFECT_LOGGING_LEVEL", "WARNING"),
+        ("PREFECT_LOGGING_LOG_PRINTS", "true"),
+    ):
+        os.environ.setdefault(name, value)
     if not sys.stderr.isatty():
         os.environ.setdefault("TQDM_DISABLE", "1")
     try:
