@@ -11,12 +11,16 @@ import pytest
 from flow_support import AS_OF, ELIGIBLE, HORIZON, forecast_rows, use_database
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import State
+from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from flows.common import SettingsTaskRunner, engine_for, task_runner
 from flows.daily import daily
 from forecasting.settings import Settings, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -31,9 +35,9 @@ def _fresh_engines() -> Iterator[None]:
 def test_dask_workers_write_the_same_forecasts_as_the_thread_pool(
     sqlite_url: str, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the model trained by a thread-pool run, a rerun whose tasks run on two Dask worker
-    processes (so every task, its Settings and its results cross a pickle boundary, and each
-    worker opens its own engine) produces forecast rows identical to the stored ones: the write
+    """With the model trained by a thread-pool run, a rerun of the deployed flow whose tasks run
+    on two Dask worker processes (so every task, its Settings and its results cross a pickle
+    boundary, and each worker opens its own engine) produces forecast rows identical to the stored ones: the write
     finds every row unchanged. Two shards (three tickers, then two), so both workers forecast."""
     use_database(monkeypatch, sqlite_url, shared_data, tmp_path)
     first = daily(as_of=AS_OF.isoformat(), ingest=False)
@@ -41,15 +45,20 @@ def test_dask_workers_write_the_same_forecasts_as_the_thread_pool(
     on_threads = forecast_rows(sqlite_url)
     assert len(on_threads) == len(ELIGIBLE) * HORIZON
 
-    # Worker processes, not threads: tasks, Settings and results are pickled to and fro.
+    # The flow as a worker's engine process loads it, from the deployment's entrypoint (a
+    # module named `daily`, not `flows.daily`), and worker processes rather than threads: the
+    # tasks, Settings and results are pickled to and fro.
+    monkeypatch.chdir(ROOT)
+    deployed: Flow[..., Any] = load_flow_from_entrypoint("flows/daily.py:daily")
     runner: Any = DaskTaskRunner(
         cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "dashboard_address": None}
     )
-    on_dask = daily.with_options(task_runner=runner)
-    state = on_dask(
+    on_dask = deployed.with_options(task_runner=runner)
+    state: Any = on_dask(
         as_of=AS_OF.isoformat(), ingest=False, rerun=True, shard_size=3, return_state=True
     )
 
+    assert isinstance(state, State)
     assert state.is_completed(), state.message
     second = state.result()
     assert second.status == "success"

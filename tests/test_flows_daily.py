@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -33,10 +34,12 @@ def _run(**params: object) -> tuple[RunSummary, UUID]:
     assert state.is_completed(), state.message
     summary = state.result()
     assert isinstance(summary, RunSummary)
-    return summary, state.state_details.flow_run_id
+    flow_run_id = state.state_details.flow_run_id
+    assert flow_run_id is not None
+    return summary, flow_run_id
 
 
-def _artifacts(flow_run_id: UUID) -> dict[str, object]:
+def _artifacts(flow_run_id: UUID) -> dict[str, Any]:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
@@ -82,10 +85,10 @@ def test_daily_forecasts_every_eligible_ticker_then_a_rerun_writes_nothing(
         assert all(r[4] > 0 for r in mine)
 
     artifacts = _artifacts(flow_run_id)
-    markdown = str(getattr(artifacts["daily-summary"], "data", ""))
+    markdown = str(artifacts["daily-summary"].data)
     assert f"{len(ELIGIBLE)} tickers forecast" in markdown
     assert SHORT in markdown and "trading days of history" in markdown
-    table = getattr(artifacts["next-day-forecasts"], "data", "")
+    table = artifacts["next-day-forecasts"].data
     assert all(t in str(table) for t in ELIGIBLE)
     assert SHORT not in str(table)
 
