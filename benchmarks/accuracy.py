@@ -4,15 +4,16 @@ Data: the four indices of ``../shared/data/indices`` and the ``--series-limit`` 
 panel stocks with the longest history that end at the panel's last date (ties by ticker code;
 see :func:`benchmarks.common.choose_panel_tickers`).
 
-Method: every series is tested on rolling origins over **its own** last ``--test-days`` (250)
-trading days: origin ``t`` runs over the positions ``n-250 .. n-2`` and horizon ``h`` counts the
-origins with ``t+h <= n-1``. The panel ends 2019-01-07 and the indices 2022-12-30, so one cutoff
-for all would leave one group four years stale. Series are therefore grouped by the date of
-their first origin (within ``--group-gap`` calendar days of each other); each group gets ONE
-global model (:func:`forecasting.training.fit` on *all* series, each cut at the cutoff), trained
-through the day before the group's earliest first origin, and is scored only on that group's
-origins. ``--split common`` instead trains one model through the earliest first origin of all
-series and scores every series with it.
+Method: rolling origins over the last ``--test-days`` (250) trading days. The panel ends
+2019-01-07 and the indices 2022-12-30, so one cutoff for all would leave the indices four years
+stale. Series are therefore grouped by end date (within ``--group-gap`` calendar days); a
+group's test window is the last 250 days of its members' combined trading calendar, each
+member's origins are its own trading days in that window (a suspended stock simply has fewer),
+and horizon ``h`` counts the origins whose ``h``-th next trading day exists. Each group gets
+ONE global model (:func:`forecasting.training.fit` on *all* series, each cut at the cutoff),
+trained through the day before the group's window. With the shared data that is two models:
+through 2017-12 for the panel stocks, through 2021-12 for the indices. ``--split common``
+instead trains a single model through the earliest cutoff and scores every series with it.
 
 Forecasts at ``h = 1, 5, 10`` come from :func:`forecasting.training.predict` on the series cut
 at each origin, all origins of a group batched through one call per chunk (keys
@@ -59,6 +60,7 @@ from forecasting.training import TrainedModel, fit, predict  # noqa: E402
 HORIZONS = (1, 5, 10)
 TEST_DAYS = 250
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "accuracy.csv"
+DEFAULT_EPOCHS = 5
 PREDICT_CHUNK = 2048  # origins per predict() call: one batched forward pass each
 TARGET_RATIO = 1.00
 TARGET_COVERAGE = (0.75, 0.85)
@@ -68,9 +70,15 @@ log = logging.getLogger("benchmarks.accuracy")
 
 @dataclass(frozen=True)
 class WindowGroup:
-    """Series tested with one model, trained through ``through``."""
+    """Series that share a test window and are scored with one model.
 
-    through: dt.date  # the day before the group's earliest first origin
+    Origins are each member's own trading days after ``test_after`` (its last day excepted);
+    the model is trained through ``through`` (``== test_after`` unless ``--split common``
+    moved it earlier).
+    """
+
+    through: dt.date
+    test_after: dt.date
     tickers: tuple[str, ...]
 
 
@@ -108,50 +116,56 @@ def window_groups(
     gap_days: int = 31,
     common: bool = False,
 ) -> list[WindowGroup]:
-    """Group series whose test windows start within ``gap_days`` of each other.
+    """Group series that end within ``gap_days`` calendar days of each other.
 
-    Each series' first origin is its ``test_days``-th last trading day; a group trains through
-    the trading day before its earliest member's first origin, so no member's test targets (nor
-    origins) reach the training data. ``common=True`` makes one group of all series.
+    A group's test window is the last ``test_days`` days of its members' combined trading
+    calendar, so a stock suspended for weeks has fewer origins rather than a window reaching
+    back months earlier than its peers' (and a model of its own). The group's model is trained
+    through the calendar day before that window, so no member's origins or targets reach the
+    training data. ``common=True`` trains every group's model through the earliest of those
+    cutoffs (one model for all) and leaves the test windows as they are.
     """
-    starts: list[tuple[np.datetime64, np.datetime64, str]] = []
+    ends: list[tuple[np.datetime64, str]] = []
     for tk, s in series.items():
         d = _dates(s)
-        if len(d) < test_days + 2:
+        if len(d) < 2:
+            raise ValueError(f"{tk}: {len(d)} closes; the benchmark needs a real series")
+        ends.append((d[-1], tk))
+    ends.sort()
+    clusters: list[list[str]] = []
+    cluster_end: np.datetime64 | None = None
+    for end, tk in ends:
+        if cluster_end is None or (end - cluster_end) > np.timedelta64(gap_days, "D"):
+            clusters.append([])
+        cluster_end = end
+        clusters[-1].append(tk)
+    groups = []
+    for members in clusters:
+        calendar = np.unique(np.concatenate([_dates(series[tk]) for tk in members]))
+        if len(calendar) < test_days + 2:
             raise ValueError(
-                f"{tk}: {len(d)} closes through {_to_date(d[-1]) if len(d) else 'nothing'}, "
-                f"the benchmark needs more than test_days={test_days} (+ training history); "
-                "drop the series or lower --test-days"
+                f"{members}: {len(calendar)} trading days in all, the benchmark needs more than "
+                f"test_days={test_days} (+ training history); drop them or lower --test-days"
             )
-        starts.append((d[-test_days], d[-test_days - 1], tk))  # (first origin, day before, ticker)
-    starts.sort()
-    groups: list[WindowGroup] = []
-    group_start: np.datetime64 | None = None
-    members: list[str] = []
-    through: np.datetime64 | None = None
-    for first, before, tk in starts:
-        if group_start is None or (
-            not common and (first - group_start) > np.timedelta64(gap_days, "D")
-        ):
-            if members and through is not None:
-                groups.append(WindowGroup(_to_date(through), tuple(members)))
-            group_start, through, members = first, before, []
-        members.append(tk)
-    if members and through is not None:
-        groups.append(WindowGroup(_to_date(through), tuple(members)))
+        cutoff = _to_date(calendar[-test_days - 1])
+        groups.append(WindowGroup(cutoff, cutoff, tuple(sorted(members))))
+    if common:
+        earliest = min(g.through for g in groups)
+        groups = [replace(g, through=earliest) for g in groups]
     return groups
 
 
-def _origins(n: int, test_days: int) -> np.ndarray:
-    """Origin positions of one series of ``n`` closes: its last ``test_days`` days but the
-    final one (which has no target)."""
-    return np.arange(n - test_days, n - 1)  # [T]
+def _origins(s: pd.Series, test_after: dt.date) -> np.ndarray:
+    """Origin positions of one series: its days after ``test_after`` but the last one (which
+    has no target). ``[T]``"""
+    after = int(np.searchsorted(_dates(s), np.datetime64(test_after, "D"), side="right"))
+    return np.arange(after, len(s) - 1)
 
 
 def project_forecasts(
     model: TrainedModel,
     series: Mapping[str, pd.Series],
-    test_days: int,
+    test_after: dt.date,
     *,
     chunk: int = PREDICT_CHUNK,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -171,7 +185,7 @@ def project_forecasts(
         if tk not in model.scalers:
             log.warning("%s: not in the model (too little training history); skipped", tk)
             continue
-        t_all = _origins(len(s), test_days)
+        t_all = _origins(s, test_after)
         out[tk] = tuple(np.full((len(t_all), H), np.nan) for _ in range(3))  # type: ignore[assignment]
         for i, t in enumerate(t_all):
             if t < L:
@@ -196,8 +210,8 @@ def project_forecasts(
 def tutorial_forecasts(
     series: Mapping[str, pd.Series],
     through: dt.date,
+    test_after: dt.date,
     train_len: int,
-    test_days: int,
     horizon: int,
     config: TutorialConfig,
 ) -> dict[str, np.ndarray]:
@@ -212,7 +226,7 @@ def tutorial_forecasts(
         train = s[s.index <= cutoff].iloc[-train_len:]
         model = fit_tutorial(s, train, config)
         c = s.to_numpy(dtype=np.float64)
-        t = _origins(len(c), test_days)  # [T]
+        t = _origins(s, test_after)  # [T]
         windows = np.lib.stride_tricks.sliding_window_view(c, k)[t - k + 1]  # [T, k]
         out[tk] = forecast_tutorial(model, windows, horizon)  # [T, horizon]
     return out
@@ -227,7 +241,6 @@ def score_rows(
     group: WindowGroup,
     model_fc: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     tutorial_fc: Mapping[str, np.ndarray],
-    test_days: int,
     horizons: Sequence[int],
 ) -> list[dict[str, object]]:
     """One row per (series, horizon) of a group: RMSEs, ratios to persistence, coverage."""
@@ -236,11 +249,14 @@ def score_rows(
         s = series[tk]
         c = s.to_numpy(dtype=np.float64)
         n = len(c)
-        t = _origins(n, test_days)  # [T]
+        t = _origins(s, group.test_after)  # [T]
         fc = model_fc.get(tk)
         for h in horizons:
             ok = t + h <= n - 1  # [T] origins whose target exists
             tt = t[ok]
+            if len(tt) == 0:
+                log.warning("%s: no origin with a target %d days ahead; no row", tk, h)
+                continue
             y, naive = c[tt + h], c[tt]  # [T_h]
             naive_rmse = _rmse(y - naive)
             rmse = coverage = width = tut_rmse = math.nan
@@ -312,21 +328,24 @@ def run_accuracy(
     groups = window_groups(series, test_days, gap_days=gap_days, common=common)
     rows: list[dict[str, object]] = []
     runs: list[GroupRun] = []
+    models: dict[dt.date, TrainedModel] = {}
+    train_len = (config.history_days + config.input_len) if config.history_days else 10**9
     for group in groups:
         members = {tk: series[tk] for tk in group.tickers}
         t0 = time.perf_counter()
-        # Every series contributes its history up to the cutoff; fit() drops anything later.
-        model = fit(series, config, group.through, progress=progress)
+        if group.through not in models:
+            # Every series contributes its history up to the cutoff; fit() drops the rest.
+            models[group.through] = fit(series, config, group.through, progress=progress)
+        model = models[group.through]
         t1 = time.perf_counter()
-        model_fc = project_forecasts(model, members, test_days)
+        model_fc = project_forecasts(model, members, group.test_after)
         t2 = time.perf_counter()
-        train_len = (config.history_days + config.input_len) if config.history_days else 10**9
         tut_fc = tutorial_forecasts(
-            members, group.through, train_len, test_days, max(horizons), tut_cfg
+            members, group.through, group.test_after, train_len, max(horizons), tut_cfg
         )
         t3 = time.perf_counter()
         runs.append(GroupRun(group, model, t1 - t0, t2 - t1, t3 - t2))
-        rows += score_rows(series, group, model_fc, tut_fc, test_days, horizons)
+        rows += score_rows(series, group, model_fc, tut_fc, horizons)
     return AccuracyResult(pd.DataFrame(rows, columns=COLUMNS), runs)
 
 
@@ -458,7 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tutorial recipe on real index and A-share closes.",
     )
     p.add_argument("--series-limit", type=int, default=30, help="panel stocks (default 30)")
-    p.add_argument("--epochs", type=int, default=None, help="max_epochs of the model")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=DEFAULT_EPOCHS,
+        help=f"max_epochs of the model (default {DEFAULT_EPOCHS}: validation loss is flat after "
+        "2-3 epochs on this data, and the project default of 20 would take ~30 min on 2 CPU cores)",
+    )
     p.add_argument("--device", default=None, help="model device (auto, cpu, cuda, ...)")
     p.add_argument("--quick", action="store_true", help="small settings for a fast check")
     p.add_argument("--test-days", type=int, default=None, help=f"default {TEST_DAYS}")
@@ -472,7 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a ModelConfig field (repeatable), e.g. --set hidden_size=32",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine two OpenMP threads ran "
+        "10x slower than one)",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"CSV (default {DEFAULT_OUT})")
     p.add_argument("-v", "--verbose", action="store_true", help="log training progress")
     return p
@@ -492,11 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit = args.series_limit
     if args.quick:
         # Small enough for a minute on a shared CPU; figures are only a smoke signal.
-        overrides.update(hidden_size=16, max_epochs=3, history_days=400, val_days=40)
+        overrides.update(hidden_size=16, history_days=400, val_days=40)
         test_days, tut = 60, replace(tut, epochs=30)
         limit = min(limit, 4)
-    if args.epochs is not None:
-        overrides["max_epochs"] = args.epochs
+    overrides["max_epochs"] = min(args.epochs, 3) if args.quick else args.epochs
     if args.device:
         overrides["device"] = args.device
     overrides.update(_parse_set(args.set))

@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:  # `benchmarks/` is not an installed package
 
 from benchmarks.accuracy import (  # noqa: E402
     COLUMNS,
+    _origins,
     format_runs,
     format_summary,
     format_table,
@@ -72,10 +73,24 @@ def test_series_with_different_end_dates_get_their_own_cutoff(
     for g in groups:
         (tk,) = g.tickers
         s = two_series[tk]
+        assert g.through == g.test_after
         assert pd.Timestamp(g.through) == s.index[-TEST_DAYS - 1]
-    (common,) = window_groups(two_series, TEST_DAYS, common=True)
-    assert set(common.tickers) == set(two_series)
-    assert pd.Timestamp(common.through) < min(s.index[-TEST_DAYS] for s in two_series.values())
+    common = window_groups(two_series, TEST_DAYS, common=True)
+    assert {g.test_after for g in common} == {g.test_after for g in groups}
+    assert {g.through for g in common} == {min(g.through for g in groups)}
+
+
+def test_a_suspended_stock_shares_its_peers_window_with_fewer_origins() -> None:
+    """Series ending together form one group whose window is the last days of their combined
+    calendar; a series missing days in it is not pushed into a window of its own."""
+    days = pd.bdate_range("2020-01-01", periods=200)
+    full = pd.Series(np.linspace(10.0, 11.0, 200), index=days)
+    suspended = full.drop(days[150:170])  # 20 days suspended inside the last 50
+    (group,) = window_groups({"A.SZ": full, "B.SZ": suspended}, 50)
+    assert group.tickers == ("A.SZ", "B.SZ")
+    assert pd.Timestamp(group.through) == days[-51]
+    assert len(_origins(full, group.test_after)) == 49
+    assert len(_origins(suspended, group.test_after)) == 49 - 20
 
 
 def test_rows_cover_every_series_and_horizon_with_finite_ratios(result) -> None:
