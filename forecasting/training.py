@@ -4,10 +4,11 @@ The dataset is point-in-time: :func:`fit` first drops every observation after ``
 (callers should already have), keeps each ticker on its own trading days, and fits each
 series' scaler on its training span only — the span before the last ``val_days`` trading days,
 whose targets form the validation set. Validation then serves three purposes: early stopping,
-a per-horizon shrink factor that pulls the point forecast toward persistence (daily returns are
-nearly unpredictable; the factor is the lower confidence bound of the MSE-optimal one, so the
-point forecast is never worse than persistence on validation and is exactly persistence when
-validation shows no reliable skill), and conformal calibration of the interval.
+a point forecast that keeps only the part of the network's predicted change that validation
+supports (its average drift removed, the rest shrunk toward persistence by the lower confidence
+bound of the MSE-optimal factor — so it is never worse than persistence on validation and is
+exactly persistence when validation shows no reliable skill), and split-conformal calibration
+of the interval, scaled by each window's recent volatility.
 
 Units: "normalized" errors are in target units — cumulative log-returns divided by the
 series' training-span daily std for ``log_return``, min-max scaled prices for ``minmax``.
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MIN_TRAIN_WINDOWS = 20  # fewer training windows than this and a series only adds noise
 GRAD_CLIP = 1.0
+CALIB_TRAIN_SAMPLE = 20_000  # training windows that also inform the interval
+SCALE_DAYS = 20  # recent-volatility window that scales the interval
 SHRINK_Z = 2.0  # shrink to the lower ~97.5% confidence bound of the MSE-optimal factor
 EVAL_BATCH = 8192
 _ARCH_FIELDS = ("input_len", "horizon", "cell", "hidden_size", "num_layers", "target", "loss")
@@ -313,12 +316,26 @@ def fit(
         net.load_state_dict(best_state)
         tw = TensorWindows(panel, L, H, device)
         vidx = torch.from_numpy(val_idx).to(device)
-        out = _forward(net, tw.inputs(vidx)).numpy()  # [Nv, H, Q]
+        xv = tw.inputs(vidx)  # [Nv, L, 1]
+        out = _forward(net, xv).numpy()  # [Nv, H, Q]
+        scale = recent_scale(xv[..., 0].cpu().numpy(), config.target)  # [Nv]
         y = tw.targets(vidx).double().cpu().numpy()  # [Nv, H]
         naive = tw.naive(vidx).double().cpu().numpy()  # [Nv, H]
+        # A seeded sample of training windows bounds the cost of the second calibration set.
+        sample = np.random.default_rng(config.seed).permutation(train_idx)[:CALIB_TRAIN_SAMPLE]
+        tidx = torch.from_numpy(np.sort(sample)).to(device)
+        xt = tw.inputs(tidx)  # [Ns, L, 1]
+        train_calib = (
+            _forward(net, xt).numpy(),  # [Ns, H, Q]
+            tw.targets(tidx).double().cpu().numpy(),  # [Ns, H]
+            tw.naive(tidx).double().cpu().numpy(),  # [Ns, H]
+            recent_scale(xt[..., 0].cpu().numpy(), config.target),  # [Ns]
+        )
     flat_dates = np.concatenate(panel.dates).astype(np.int64)  # [N] day numbers
-    calibration = calibrate(out, y, naive, config, groups=flat_dates[val_idx])
-    point = apply_calibration(out, naive, calibration, config)[0]
+    calibration = calibrate(
+        out, y, naive, config, groups=flat_dates[val_idx], scale=scale, train=train_calib
+    )
+    point = apply_calibration(out, naive, calibration, config, scale)[0]
     model = TrainedModel(
         config=config,
         state_dict={k: v.detach().cpu().clone() for k, v in best_state.items()},
@@ -526,75 +543,106 @@ def shrink_factors(
     return np.clip(a_ls - z * se, 0.0, 1.0), a_ls, se
 
 
+def recent_scale(x: np.ndarray, target: str, days: int = SCALE_DAYS) -> np.ndarray:
+    """Recent volatility of each input window, in target units per day. ``[N, L] -> [N]``.
+
+    Root mean square of the last ``days`` normalized returns (for ``minmax``, of the daily
+    changes of the scaled level). Interval widths are proportional to it, so they widen as soon
+    as the market gets rougher than it was on validation.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    steps = x[:, -days:] if target == "log_return" else np.diff(x[:, -(days + 1) :], axis=1)
+    return np.sqrt(np.mean(np.square(steps), axis=1) + 1e-8)  # [N]
+
+
 def calibrate(
     out: np.ndarray,
     y: np.ndarray,
     naive: np.ndarray,
     config: ModelConfig,
     groups: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    train: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Fit the point shrink and interval offsets per horizon on validation windows.
+    """Fit the point forecast's drift and shrink and the interval, per horizon, on validation.
 
     ``out [N, H, Q]`` raw network outputs, ``y [N, H]`` actual targets, ``naive [N, H]``,
-    ``groups [N]`` the origin date of each window. Shrink: ``point = naive + a_h * (median -
-    naive)`` with ``a_h`` from :func:`shrink_factors`. Interval: conformalized quantile
-    regression — the model's quantile band is re-centred on the point and widened (or
-    narrowed) by the conformal quantile of its validation misses; for the MSE loss, validation
-    residual quantiles around the point.
+    ``groups [N]`` each window's origin date, ``scale [N]`` its :func:`recent_scale`.
+
+    Point: ``naive + a_h * (median - naive - drift_h)``. ``drift_h`` is the mean predicted change
+    on validation: the network's average view of the market's direction, learnt from the
+    training years. On real data it is what fails out of sample (A-shares through 2017-10:
+    validation favoured it with a least-squares factor of 1, the next 250 days wanted -1.5 to
+    -2), so it is removed, and only the window-to-window variation is kept, shrunk by
+    :func:`shrink_factors`. Interval: split-conformal quantiles of validation residuals divided
+    by the recent volatility of each window, times that of the window being forecast. When
+    ``train = (out, y, naive, scale)`` of (a sample of) training windows is given, each bound is
+    the wider of the validation and the training quantile: sixty validation days are one
+    regime, and a calm one makes a band that the next turbulent quarter breaks (CSI indices,
+    validation late 2021, tested on 2022: 0.69 coverage from validation alone, 0.81 with the
+    wider bound; A-shares 2017/18: 0.76 -> 0.80). Training residuals are in-sample and can only
+    be too narrow, so taking the wider bound never trusts them more than validation.
     """
     cfg = config
+    n = len(y)
+    if scale is None:
+        scale = np.ones(n)
     out = np.sort(out, axis=-1)  # [N, H, Q]; quantile heads may cross
     m = out[..., cfg.median_index]  # [N, H]
-    d, e = m - naive, y - naive  # [N, H] predicted and actual change from persistence
-    shrink, a_ls, se = shrink_factors(d, e, groups)
+    change = m - naive  # [N, H] predicted change from persistence
+    drift = change.mean(axis=0) if n else np.zeros(cfg.horizon)  # [H]
+    shrink, a_ls, se = shrink_factors(change - drift, y - naive, groups)
     if not cfg.shrink:
-        shrink = np.ones(cfg.horizon)
-    point = naive + shrink * d  # [N, H]
-    n = len(y)
+        drift, shrink = np.zeros(cfg.horizon), np.ones(cfg.horizon)
+    point = naive + shrink * (change - drift)  # [N, H]
+    r = (y - point) / scale[:, None]  # [N, H] residuals in units of recent volatility
+    hi_level = _conformal_level(n, (1.0 + cfg.interval) / 2.0)
+    q_lo = np.quantile(r, 1.0 - hi_level, axis=0) if n else np.zeros(cfg.horizon)  # [H]
+    q_hi = np.quantile(r, hi_level, axis=0) if n else np.zeros(cfg.horizon)  # [H]
+    if train is not None and len(train[1]):
+        t_out, t_y, t_naive, t_scale = train
+        t_m = np.sort(t_out, axis=-1)[..., cfg.median_index]  # [Nt, H]
+        t_r = (t_y - (t_naive + shrink * (t_m - t_naive - drift))) / t_scale[:, None]  # [Nt, H]
+        a = (1.0 - cfg.interval) / 2.0
+        q_lo = np.minimum(q_lo, np.quantile(t_r, a, axis=0))
+        q_hi = np.maximum(q_hi, np.quantile(t_r, 1.0 - a, axis=0))
     calib: dict[str, Any] = {
+        "method": "scaled_residual",
         "interval": cfg.interval,
+        "scale_days": SCALE_DAYS,
+        "drift": drift.tolist(),
         "shrink": shrink.tolist(),
         "shrink_ls": a_ls.tolist(),
         "shrink_se": se.tolist(),
+        "q_lo": q_lo.tolist(),
+        "q_hi": q_hi.tolist(),
         "n_val": int(n),
         "val_rmse_raw": _rmse(m - y),
     }
-    if cfg.loss == "quantile":
-        lo = point + out[..., 0] - m  # [N, H]
-        hi = point + out[..., -1] - m  # [N, H]
-        miss = np.maximum(lo - y, y - hi)  # [N, H] conformity score: > 0 outside the band
-        q = np.quantile(miss, _conformal_level(n, cfg.interval), axis=0, method="higher")  # [H]
-        calib.update(method="cqr", q=q.tolist())
-    else:
-        r = y - point  # [N, H]
-        a = (1.0 - cfg.interval) / 2.0
-        calib.update(
-            method="residual",
-            q_lo=np.quantile(r, 1.0 - _conformal_level(n, 1.0 - a), axis=0).tolist(),
-            q_hi=np.quantile(r, _conformal_level(n, 1.0 - a), axis=0).tolist(),
-        )
-    _, lower, upper = apply_calibration(out, naive, calib, cfg)
+    _, lower, upper = apply_calibration(out, naive, calib, cfg, scale)
     calib["val_coverage"] = float(np.mean((y >= lower) & (y <= upper))) if n else math.nan
     return calib
 
 
 def apply_calibration(
-    out: np.ndarray, naive: np.ndarray, calib: Mapping[str, Any], config: ModelConfig
+    out: np.ndarray,
+    naive: np.ndarray,
+    calib: Mapping[str, Any],
+    config: ModelConfig,
+    scale: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point, lower and upper in target units from raw outputs. ``[N, H, Q] -> 3 x [N, H]``.
 
-    Guarantees ``lower <= point <= upper``."""
+    ``scale [N]`` is each window's :func:`recent_scale`. Guarantees ``lower <= point <= upper``.
+    """
     out = np.sort(out, axis=-1)  # [N, H, Q]
     m = out[..., config.median_index]  # [N, H]
+    drift = np.asarray(calib["drift"], dtype=np.float64)  # [H]
     shrink = np.asarray(calib["shrink"], dtype=np.float64)  # [H]
-    point = naive + shrink * (m - naive)  # [N, H]
-    if calib["method"] == "cqr":
-        q = np.asarray(calib["q"], dtype=np.float64)  # [H]
-        lower = point + out[..., 0] - m - q
-        upper = point + out[..., -1] - m + q
-    else:
-        lower = point + np.asarray(calib["q_lo"], dtype=np.float64)
-        upper = point + np.asarray(calib["q_hi"], dtype=np.float64)
+    point = naive + shrink * (m - naive - drift)  # [N, H]
+    sc = (np.ones(len(m)) if scale is None else np.asarray(scale, dtype=np.float64))[:, None]
+    lower = point + np.asarray(calib["q_lo"], dtype=np.float64) * sc  # [N, H]
+    upper = point + np.asarray(calib["q_hi"], dtype=np.float64) * sc
     return point, np.minimum(lower, point), np.maximum(upper, point)
 
 
@@ -651,7 +699,8 @@ def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, P
     device = _inference_device(cfg)
     out = _forward(build_network(model, device), x.to(device)).numpy()  # [S, H, Q]
     nv = np.repeat(np.asarray(naive)[:, None], cfg.horizon, axis=1)  # [S, H]
-    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg)
+    scale = recent_scale(x[..., 0].numpy(), cfg.target)  # [S]
+    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg, scale)
     result = {}
     for i, (tk, origin, base, params) in enumerate(keep):
         yhat = scaling.to_price(point[i], base, params, cfg.target)  # [H]
@@ -716,7 +765,8 @@ def score(
     device = _inference_device(cfg)
     out = _forward(build_network(model, device), x_all.to(device)).numpy()  # [N, H, Q]
     y, nv, mask = np.concatenate(ys), np.concatenate(nvs), np.concatenate(masks)  # [N, H]
-    point = apply_calibration(out, nv, model.calibration, cfg)[0]
+    scale = recent_scale(x_all[..., 0].numpy(), cfg.target)  # [N]
+    point = apply_calibration(out, nv, model.calibration, cfg, scale)[0]
     y = np.where(mask, y, 0.0)  # masked targets may be NaN (past the series end)
     err, nerr = (point - y)[mask], (nv - y)[mask]
     return Score(_rmse(err), _rmse(nerr), int(mask.sum()))

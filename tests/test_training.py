@@ -148,12 +148,15 @@ def test_short_series_are_skipped_with_a_log_line(caplog: pytest.LogCaptureFixtu
 
 def test_calibration_shrinks_toward_persistence_and_covers_validation() -> None:
     """Shrink factors lie in [0, 1], the point forecast is no worse than persistence on
-    validation, and the interval covers about its nominal share there."""
+    validation, and the interval covers at least about its nominal share there (each bound is
+    the wider of the validation and training quantiles, so it may cover more)."""
     m = fit(_panel(3), SMALL, dt.date(2021, 1, 1))
     shrink = np.asarray(m.calibration["shrink"])
     assert shrink.shape == (SMALL.horizon,) and np.all((shrink >= 0) & (shrink <= 1))
     assert m.val_rmse <= m.val_naive_rmse + 1e-12
-    assert 0.75 <= m.calibration["val_coverage"] <= 0.9
+    assert 0.75 <= m.calibration["val_coverage"] <= 0.97
+    assert np.all(np.asarray(m.calibration["q_lo"]) < 0)
+    assert np.all(np.asarray(m.calibration["q_hi"]) > 0)
 
 
 def test_fine_tune_warm_starts_on_recent_days_only() -> None:
