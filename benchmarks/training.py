@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import os
 import resource
 import sys
 import time
@@ -159,7 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     series = read_panel(panel_dir)
     print(f"read {len(series)} series from {panel_dir} in {time.perf_counter() - t0:.1f}s")
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (a busy machine "
+        "oversubscribes torch's threads and slows both loops; compare --threads 1)"
+    )
 
     default = ModelConfig()
     mem = windowing_memory(series, default)
