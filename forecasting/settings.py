@@ -43,17 +43,17 @@ class ModelSettings:
     input_len: int = 60
     horizon: int = 10
     cell: str = "lstm"
-    hidden_size: int = 64
-    num_layers: int = 2
-    dropout: float = 0.1
+    hidden_size: int = 32
+    num_layers: int = 1
+    dropout: float = 0.0
     target: str = "log_return"
     loss: str = "quantile"
     lr: float = 1e-3
     batch_size: int = 512
-    max_epochs: int = 20
-    patience: int = 4
+    max_epochs: int = 10
+    patience: int = 3
     val_days: int = 60
-    history_days: int = 1000
+    history_days: int = 750
     seed: int = 0
     finetune_lr: float = 3e-4
     finetune_epochs: int = 5
@@ -61,6 +61,7 @@ class ModelSettings:
     interval: float = 0.8
     per_ticker: bool = False
     device: str = "auto"
+    shrink: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,11 @@ class PolicySettings:
 
     check_window: int = 20
     min_check_days: int = 5  # fewer unseen days than this: too little evidence, keep the model
-    abs_threshold: float | None = None  # RMSE in normalized units; None disables
+    # RMSE in normalized units: each h-step error is divided by the series' training-span daily
+    # log-return std and by sqrt(h), so 1.0 means "errors as large as the training span's
+    # daily moves" — persistence-like forecasts cross it when volatility outgrows the training
+    # span, which the ratio to naive cannot see. None disables it.
+    abs_threshold: float | None = 1.0
     rel_threshold: float = 1.05  # ratio to naive persistence
     max_age_days: int = 90
     min_history: int = 80  # trading days a ticker needs to be forecast

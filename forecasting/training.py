@@ -768,5 +768,9 @@ def score(
     scale = recent_scale(x_all[..., 0].numpy(), cfg.target)  # [N]
     point = apply_calibration(out, nv, model.calibration, cfg, scale)[0]
     y = np.where(mask, y, 0.0)  # masked targets may be NaN (past the series end)
-    err, nerr = (point - y)[mask], (nv - y)[mask]
+    # An h-step log-return has ~sqrt(h) times the spread of a one-step one; dividing by sqrt(h)
+    # puts every horizon in the same unit (about 1 on the training span), so an absolute
+    # threshold means the same thing whatever H is. The ratio to naive is unaffected.
+    per_h = np.sqrt(np.arange(1, H + 1)) if cfg.target == "log_return" else np.ones(H)  # [H]
+    err, nerr = ((point - y) / per_h)[mask], ((nv - y) / per_h)[mask]
     return Score(_rmse(err), _rmse(nerr), int(mask.sum()))

@@ -162,18 +162,19 @@ def test_quiet_keeps_and_drift_triggers_refit(
     load_panel(sqlite_engine, shared_data, end=dt.date(2016, 7, 29))
     quiet = run_pipeline(sqlite_engine, s)
     assert quiet.outcomes[0].action == "keep", quiet.outcomes[0].reason
+    assert quiet.outcomes[0].rmse < s.policy.abs_threshold  # type: ignore[operator]
 
-    # Drift: 5x the volatility of two series from August on.
+    # Drift: 5x the volatility of three of the five series from August on.
     broken = tmp_path / "broken"
     broken.mkdir()
-    for t in TICKERS[:2]:
+    for t in TICKERS[:3]:
         _write_regime_break(
             panel_file(shared_data, t),
             broken / panel_file(shared_data, t).name,
             dt.date(2016, 7, 29),
             5.0,
         )
-    for t in TICKERS[:2]:
+    for t in TICKERS[:3]:
         ingest(
             sqlite_engine,
             make_source("csv", path=broken / panel_file(shared_data, t).name),
@@ -181,7 +182,7 @@ def test_quiet_keeps_and_drift_triggers_refit(
             history_start=dt.date(2015, 1, 1),
             progress=False,
         )
-    load_panel(sqlite_engine, shared_data, end=dt.date(2016, 8, 31), tickers=TICKERS[2:])
+    load_panel(sqlite_engine, shared_data, end=dt.date(2016, 8, 31), tickers=TICKERS[3:])
     drift = run_pipeline(sqlite_engine, s)
     outcome = drift.outcomes[0]
     assert outcome.action in ("finetune", "retrain"), outcome.reason
