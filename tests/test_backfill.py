@@ -63,8 +63,16 @@ def _one_thread() -> Any:
 
 
 def small_settings(url: str, **policy: Any) -> Settings:
-    # check_window 3 / min_check_days 2: the drift check acts within a 6-day range.
-    base = {"min_history": 40, "check_window": 3, "min_check_days": 2, **policy}
+    # check_window 3 / min_check_days 2: the drift check acts within a 6-day range. With only
+    # three days scored, the absolute threshold would react to noise; these tests exercise the
+    # relative one and the calendar policy.
+    base = {
+        "min_history": 40,
+        "check_window": 3,
+        "min_check_days": 2,
+        "abs_threshold": None,
+        **policy,
+    }
     return Settings(database_url=url, model=SMALL_MODEL, policy=PolicySettings(**base))
 
 

@@ -206,8 +206,9 @@ def test_score_matches_a_slow_loop_over_origins() -> None:
             for h in range(1, H + 1):
                 if i + h < len(dates) and dates[i + h] in newest:
                     actual = s.iloc[i + h]
-                    err.append(np.log(f.yhat[h - 1] / actual) / std)
-                    nerr.append(np.log(f.base_close / actual) / std)
+                    # Normalized units, horizon-free: divided by the scaler std and sqrt(h).
+                    err.append(np.log(f.yhat[h - 1] / actual) / std / np.sqrt(h))
+                    nerr.append(np.log(f.base_close / actual) / std / np.sqrt(h))
     got = score(m, data, after=through, through=end, window=window)
     # 35 days follow the cutoff, so each of the newest 25 is reached from every horizon.
     assert got.n == len(err) == 2 * window * H
