@@ -241,7 +241,7 @@ def apply_decision(
     otherwise it is stored as ``rejected`` and the rejection is recorded.
     """
     policy = settings.policy
-    base = dict(
+    base: dict[str, Any] = dict(
         scope=check.scope,
         as_of=as_of,
         version_before=check.version_id,

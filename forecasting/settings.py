@@ -184,7 +184,9 @@ def load_settings(
     for key, name in _ENV.items():
         if key in env and env[key] != "":
             values[name] = _coerce(Settings, name, env[key], f"environment variable {key}")
-    values["model"] = _section(ModelSettings, model_data, env, "FORECASTING_MODEL_", f"{path} [model]")
+    values["model"] = _section(
+        ModelSettings, model_data, env, "FORECASTING_MODEL_", f"{path} [model]"
+    )
     values["policy"] = _section(
         PolicySettings, policy_data, env, "FORECASTING_POLICY_", f"{path} [policy]"
     )

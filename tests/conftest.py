@@ -27,7 +27,9 @@ from forecasting.db import init_db, make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FORECASTING_SHARED_DATA", ROOT.parent / "shared" / "data"))
-PG_ADMIN_URL = os.environ.get("FORECASTING_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get(
+    "FORECASTING_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

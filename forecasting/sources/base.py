@@ -61,7 +61,12 @@ class PriceSource(Protocol):
 
 
 def empty_bars() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="object" if c in ("ticker", "trade_date") else "float64") for c in BAR_COLUMNS})
+    return pd.DataFrame(
+        {
+            c: pd.Series(dtype="object" if c in ("ticker", "trade_date") else "float64")
+            for c in BAR_COLUMNS
+        }
+    )
 
 
 def exchange_of(ticker: str) -> str | None:
