@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, func, select
+from sqlalchemy import String, and_, func, select, type_coerce
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -38,7 +38,11 @@ def load_closes(
     One query for all tickers, then a split on ticker boundaries.
     """
     c = prices.c
-    query = select(c.ticker, c.trade_date, c.close, c.adj_factor)
+    # SQLite stores dates as ISO text; parsing them in one vectorized numpy call is ~10x faster
+    # than SQLAlchemy's per-row Date processing, which dominated the daily run's reads.
+    raw_dates = conn.dialect.name == "sqlite"
+    date_col = type_coerce(c.trade_date, String) if raw_dates else c.trade_date
+    query = select(c.ticker, date_col, c.close, c.adj_factor)
     conditions: list[ColumnElement[bool]] = []
     if tickers is not None:
         if not tickers:
@@ -53,7 +57,10 @@ def load_closes(
     rows = conn.execute(query.order_by(c.ticker, c.trade_date)).all()
     if not rows:
         return {}
-    names, dates, close, factor = zip(*rows, strict=True)
+    names, date_values, close, factor = zip(*rows, strict=True)
+    dates: Sequence[dt.date] = (
+        np.asarray(date_values, dtype="datetime64[D]").astype(object) if raw_dates else date_values
+    )
     close_arr = np.asarray(close, dtype="float64")  # [N]
     factor_arr = np.asarray([np.nan if f is None else f for f in factor], dtype="float64")  # [N]
     name_arr = np.asarray(names, dtype=object)
