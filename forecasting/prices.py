@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -58,7 +58,7 @@ def load_closes(
     if not rows:
         return {}
     names, date_values, close, factor = zip(*rows, strict=True)
-    dates: Sequence[dt.date] = (
+    dates: Any = (
         np.asarray(date_values, dtype="datetime64[D]").astype(object) if raw_dates else date_values
     )
     close_arr = np.asarray(close, dtype="float64")  # [N]
