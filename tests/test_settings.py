@@ -1,0 +1,82 @@
+"""Settings are read once from defaults, forecasting.toml and the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forecasting.settings import DEFAULT_DATABASE_URL, SettingsError, load_settings
+
+
+def test_defaults_need_nothing(tmp_path: Path) -> None:
+    """With no file and no environment, the embedded SQLite default is used."""
+    s = load_settings(env={"FORECASTING_CONFIG": str(_write(tmp_path, ""))})
+    assert s.database_url == DEFAULT_DATABASE_URL
+    assert s.model.target == "log_return"
+    assert not s.tushare_token
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "forecasting.toml"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def test_file_then_environment_overrides(tmp_path: Path) -> None:
+    """The TOML file sets the universe and model; environment variables win over it."""
+    path = _write(
+        tmp_path,
+        'tickers = ["600519.sh", "000300.SH"]\n[model]\nhidden_size = 16\n[policy]\nrel_threshold = 1.2\n',
+    )
+    s = load_settings(
+        env={
+            "FORECASTING_MODEL_HIDDEN_SIZE": "24",
+            "FORECASTING_DATABASE_URL": "postgresql://u@h/db",
+            "FORECASTING_POLICY_ABS_THRESHOLD": "2.5",
+        },
+        config_path=path,
+    )
+    assert s.tickers == ("600519.SH", "000300.SH")
+    assert s.model.hidden_size == 24
+    assert s.policy.rel_threshold == 1.2
+    assert s.policy.abs_threshold == 2.5
+    assert s.database_url == "postgresql://u@h/db"
+
+
+def test_the_token_never_shows(tmp_path: Path) -> None:
+    """The tushare token is read from TUSHARE_TOKEN and masked in every repr."""
+    s = load_settings(
+        env={"TUSHARE_TOKEN": "s3cr3t-token-value", "FORECASTING_CONFIG": str(_write(tmp_path, ""))}
+    )
+    assert s.tushare_token.value == "s3cr3t-token-value"
+    assert "s3cr3t" not in repr(s)
+    assert "s3cr3t" not in str(s.tushare_token)
+
+
+def test_a_token_in_the_config_file_is_refused(tmp_path: Path) -> None:
+    """Putting the token in a file is an error that says to use TUSHARE_TOKEN."""
+    with pytest.raises(SettingsError, match="TUSHARE_TOKEN"):
+        load_settings(env={}, config_path=_write(tmp_path, 'tushare_token = "x"\n'))
+
+
+@pytest.mark.parametrize(
+    ("body", "env", "message"),
+    [
+        ("unknown_key = 1\n", {}, "unknown keys"),
+        ("[model]\nhiden_size = 3\n", {}, "unknown keys"),
+        ("", {"FORECASTING_MODEL_MAX_EPOCHS": "many"}, "FORECASTING_MODEL_MAX_EPOCHS"),
+        ("tickers = [\n", {}, "not valid TOML"),
+    ],
+)
+def test_bad_configuration_names_the_key(
+    tmp_path: Path, body: str, env: dict[str, str], message: str
+) -> None:
+    """A bad key or value is an error naming it."""
+    with pytest.raises(SettingsError, match=message):
+        load_settings(env=env, config_path=_write(tmp_path, body))
+
+
+def test_a_missing_named_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(env={"FORECASTING_CONFIG": str(tmp_path / "nope.toml")})
