@@ -15,7 +15,7 @@ from typing import cast
 
 from prefect import serve as prefect_serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.deployments.runner import RunnerDeployment
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 from prefect.settings import get_current_settings
 
@@ -38,15 +38,21 @@ def build_deployments() -> list[RunnerDeployment]:
     from flows.daily import daily
     from flows.ingest import ingest
 
+    # Module-path entrypoints, as in prefect.yaml: a run started from the entrypoint imports
+    # flows.daily by name, so Dask workers can unpickle its tasks.
+    module = EntrypointType.MODULE_PATH
     deployments = [
         daily.to_deployment(
             name="daily",
             schedules=[Cron(DAILY_CRON, timezone=TIMEZONE)],
             concurrency_limit=one_at_a_time(),
             tags=["forecasting", "scheduled"],
+            entrypoint_type=module,
         ),
-        backfill.to_deployment(name="backfill", tags=["forecasting", "manual"]),
-        ingest.to_deployment(name="ingest", tags=["forecasting", "manual"]),
+        backfill.to_deployment(
+            name="backfill", tags=["forecasting", "manual"], entrypoint_type=module
+        ),
+        ingest.to_deployment(name="ingest", tags=["forecasting", "manual"], entrypoint_type=module),
     ]
     # Called outside an event loop, to_deployment returns the deployment, not its coroutine.
     return cast(list[RunnerDeployment], deployments)

@@ -3,11 +3,13 @@ forecasts as on the default thread pool, and settings pick the runner."""
 
 from __future__ import annotations
 
+import faulthandler
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from flow_support import AS_OF, ELIGIBLE, HORIZON, forecast_rows, use_database
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -21,6 +23,11 @@ from flows.daily import daily
 from forecasting.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _daily_entrypoint() -> str:
+    config = yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text(encoding="utf-8"))
+    return next(d["entrypoint"] for d in config["deployments"] if d["name"] == "daily")
 
 
 @pytest.fixture(autouse=True)
@@ -45,18 +52,21 @@ def test_dask_workers_write_the_same_forecasts_as_the_thread_pool(
     on_threads = forecast_rows(sqlite_url)
     assert len(on_threads) == len(ELIGIBLE) * HORIZON
 
-    # The flow as a worker's engine process loads it, from the deployment's entrypoint (a
-    # module named `daily`, not `flows.daily`), and worker processes rather than threads: the
-    # tasks, Settings and results are pickled to and fro.
-    monkeypatch.chdir(ROOT)
-    deployed: Flow[..., Any] = load_flow_from_entrypoint("flows/daily.py:daily")
+    # The flow as a worker's engine process loads it, from the deployment's entrypoint, and
+    # worker processes rather than threads: tasks, Settings and results are pickled to and fro.
+    deployed: Flow[..., Any] = load_flow_from_entrypoint(_daily_entrypoint())
     runner: Any = DaskTaskRunner(
         cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "dashboard_address": None}
     )
     on_dask = deployed.with_options(task_runner=runner)
-    state: Any = on_dask(
-        as_of=AS_OF.isoformat(), ingest=False, rerun=True, shard_size=3, return_state=True
-    )
+    # A worker that cannot unpickle a task leaves its future pending forever: fail, don't hang.
+    faulthandler.dump_traceback_later(300, exit=True)
+    try:
+        state: Any = on_dask(
+            as_of=AS_OF.isoformat(), ingest=False, rerun=True, shard_size=3, return_state=True
+        )
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
     assert isinstance(state, State)
     assert state.is_completed(), state.message

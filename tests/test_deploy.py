@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -154,12 +155,16 @@ def test_daily_runs_one_at_a_time_and_queues_the_next() -> None:
     assert config.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
 
 
-def test_every_entrypoint_loads_its_flow(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each entrypoint, relative to the repository root, imports and names a flow called like
-    its deployment; backfill requires start and end and takes tickers."""
-    monkeypatch.chdir(ROOT)
+def test_every_entrypoint_is_a_module_path_that_imports_its_flow() -> None:
+    """Each entrypoint names a module of the installed package, and loading it yields that
+    module's flow itself, called like its deployment. A file path would load the flow under a
+    made-up module name, and Dask workers, unable to import it, could not unpickle its tasks
+    (the run would hang). backfill requires start and end and takes tickers."""
     for name, d in _raw_deployments().items():
+        module_name, _, attr = d["entrypoint"].partition(":")
+        assert not module_name.endswith(".py"), d["entrypoint"]
         flow: Flow[..., Any] = load_flow_from_entrypoint(d["entrypoint"])
+        assert flow is getattr(importlib.import_module(module_name), attr)
         assert flow.name == name
         if name == "backfill":
             schema = parameter_schema(flow)
@@ -176,10 +181,7 @@ def test_forecasting_serve_builds_the_deployments_of_prefect_yaml() -> None:
     assert list(built) == list(raw)
     for name, d in built.items():
         assert d.flow_name == name
-        assert d.entrypoint is not None
-        assert Path(d.entrypoint.split(":")[0]).resolve() == (
-            ROOT / raw[name]["entrypoint"].split(":")[0]
-        )
+        assert d.entrypoint == raw[name]["entrypoint"].replace(":", ".")
         assert d.work_pool_name is None
         assert sorted(d.tags) == sorted(raw[name]["tags"])
     daily = built["daily"]
