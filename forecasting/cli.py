@@ -13,7 +13,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from forecasting.calendar import CalendarError
+from forecasting.registry import CheckpointError, RegistryError
 from forecasting.settings import Settings, SettingsError, load_settings
+from forecasting.sources.base import SourceError
 
 SQL_HINT = """\
 Read the forecasts with SQL, e.g. (sqlite3 {db} or psql):
@@ -426,6 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except (SourceError, CheckpointError, RegistryError, CalendarError) as exc:
+        # Errors meant for people already name the ticker, the date and the fix.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; a rerun resumes where this stopped", file=sys.stderr)
         return 130

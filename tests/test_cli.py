@@ -86,3 +86,14 @@ def test_bad_dates_and_config_are_reported(
     monkeypatch.setenv("FORECASTING_CONFIG", str(bad))
     assert main(["prices"]) == 2
     assert "unknown keys" in capsys.readouterr().err
+
+
+def test_tushare_without_a_token_says_what_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ingesting from tushare with no token fails before any network call, naming TUSHARE_TOKEN."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TUSHARE_TOKEN", raising=False)
+    monkeypatch.setenv("FORECASTING_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    assert main(["ingest", "--source", "tushare", "--tickers", "600519.SH"]) == 1
+    assert "TUSHARE_TOKEN" in capsys.readouterr().err
