@@ -11,8 +11,9 @@ setup); ``tests/test_deploy.py`` keeps the two in step.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any
 
+from prefect import Flow
 from prefect import serve as prefect_serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
@@ -38,24 +39,25 @@ def build_deployments() -> list[RunnerDeployment]:
     from flows.daily import daily
     from flows.ingest import ingest
 
-    # Module-path entrypoints, as in prefect.yaml: a run started from the entrypoint imports
-    # flows.daily by name, so Dask workers can unpickle its tasks.
-    module = EntrypointType.MODULE_PATH
-    deployments = [
-        daily.to_deployment(
+    return [
+        _deployment(
+            daily,
             name="daily",
             schedules=[Cron(DAILY_CRON, timezone=TIMEZONE)],
             concurrency_limit=one_at_a_time(),
             tags=["forecasting", "scheduled"],
-            entrypoint_type=module,
         ),
-        backfill.to_deployment(
-            name="backfill", tags=["forecasting", "manual"], entrypoint_type=module
-        ),
-        ingest.to_deployment(name="ingest", tags=["forecasting", "manual"], entrypoint_type=module),
+        _deployment(backfill, name="backfill", tags=["forecasting", "manual"]),
+        _deployment(ingest, name="ingest", tags=["forecasting", "manual"]),
     ]
-    # Called outside an event loop, to_deployment returns the deployment, not its coroutine.
-    return cast(list[RunnerDeployment], deployments)
+
+
+def _deployment(flow: Flow[..., Any], **options: Any) -> RunnerDeployment:
+    # Module-path entrypoint, as in prefect.yaml: a run started from the entrypoint imports
+    # flows.daily by name, so Dask workers can unpickle its tasks. _sync: the deployment itself
+    # even when called from async code, never a coroutine (Prefect's stubs don't know _sync).
+    to_deployment: Any = flow.to_deployment
+    return to_deployment(entrypoint_type=EntrypointType.MODULE_PATH, _sync=True, **options)
 
 
 def serve(limit: int | None = None) -> None:
