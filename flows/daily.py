@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 
 from flows.backfill import link_latest_report
 from flows.common import SettingsTaskRunner, engine_for, parse_date, settings, task_runner
-from flows.ingest import ingest_task
+from flows.ingest import ingest_sharded
 from forecasting import pipeline, runs
 from forecasting.calendar import TradingCalendar
 from forecasting.forecasts import WriteResult, next_day_forecasts
@@ -143,7 +143,7 @@ def daily(
             summary_task(s, summary)
             return summary
     if ingest:
-        ingest_task(s, tickers=list(tickers) if tickers else None, end=today)
+        ingest_sharded(s, tickers=list(tickers) if tickers else None, end=today)
     with engine.connect() as conn:
         names = pipeline.universe(conn, s, tickers)
     resolved = resolve_as_of_task(s, today, names)
