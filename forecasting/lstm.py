@@ -9,22 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from forecasting.scaling import TARGETS
-
-if TYPE_CHECKING:
-    from forecasting.settings import ModelSettings
+from forecasting.settings import ModelSettings
 
 CELLS = ("lstm", "gru", "rnn")
 LOSSES = ("quantile", "mse")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ModelSettings):
     """Every hyperparameter of a model, saved as JSON next to its weights.
 
     ``target`` picks the representation (see :mod:`forecasting.scaling`): ``log_return`` is the
@@ -36,31 +34,6 @@ class ModelConfig:
     ``shrink`` lets calibration pull the point forecast toward persistence by a per-horizon
     factor in ``[0, 1]`` fitted on validation (off only for ablations).
     """
-
-    input_len: int = 60
-    horizon: int = 10
-    cell: str = "lstm"  # lstm | gru | rnn
-    # Sized for CPUs: daily returns carry little signal, and a 1x32 LSTM trains ~12x faster
-    # than 2x64 with the same validation ratio on the shared data.
-    hidden_size: int = 32
-    num_layers: int = 1
-    dropout: float = 0.0
-    target: str = "log_return"  # log_return | minmax
-    loss: str = "quantile"  # quantile | mse
-    lr: float = 1e-3
-    batch_size: int = 512
-    max_epochs: int = 10
-    patience: int = 3
-    val_days: int = 60
-    history_days: int = 750
-    seed: int = 0
-    finetune_lr: float = 3e-4
-    finetune_epochs: int = 5
-    finetune_days: int = 250
-    interval: float = 0.8
-    per_ticker: bool = False
-    device: str = "auto"
-    shrink: bool = True
 
     def __post_init__(self) -> None:
         problems = []
