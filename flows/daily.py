@@ -20,9 +20,9 @@ from prefect.runtime import flow_run
 from flows.backfill import link_latest_report
 from flows.common import SettingsTaskRunner, engine_for, parse_date, settings, task_runner
 from flows.ingest import ingest_sharded
-from forecasting import pipeline, runs
+from forecasting import pipeline
 from forecasting.calendar import TradingCalendar
-from forecasting.forecasts import WriteResult, next_day_forecasts
+from forecasting.forecasts import WriteResult
 from forecasting.locks import scope_lock
 from forecasting.settings import Settings
 
@@ -154,23 +154,19 @@ def daily(
         summary_task(s, summary)
         return summary
     with scope_lock(engine, f"pipeline:{lineage}"):
-        if not (rerun or force_retrain):
-            with engine.connect() as conn:
-                done = runs.completed_run(conn, resolved, lineage)
-            if done is not None:
-                summary = pipeline.RunSummary(
-                    done.run_id,
-                    resolved,
-                    lineage,
-                    "already-complete",
-                    message=f"as of {resolved} was already completed by run {done.run_id}; nothing written",
-                )
-                log.info(summary.message)
-                summary_task(s, summary)
-                return summary
-        run_id = runs.start_run(
-            engine, resolved, kind="daily", lineage=lineage, flow_run_id=flow_run.id
+        opened = pipeline.open_run(
+            engine,
+            resolved,
+            lineage=lineage,
+            kind="daily",
+            redo=rerun or force_retrain,
+            flow_run_id=flow_run.id,
         )
+        if isinstance(opened, pipeline.RunSummary):
+            log.info(opened.message)
+            summary_task(s, opened)
+            return opened
+        run_id = opened
         try:
             units = pipeline.scope_units(s, names)
             checks = [
@@ -191,19 +187,8 @@ def daily(
         except BaseException as exc:
             pipeline.fail_run(engine, run_id, exc)
             raise
-    with engine.connect() as conn:
-        nd = next_day_forecasts(conn, resolved, version_ids=list(batch.versions.values()))
-    summary = pipeline.RunSummary(
-        run_id,
-        resolved,
-        lineage,
-        "success",
-        outcome_values,
-        n_forecast_rows=len(batch.rows),
-        tickers_forecast=batch.tickers,
-        skipped=batch.skipped,
-        written=written,
-        next_day=nd,
+    summary = pipeline.finished_summary(
+        engine, run_id, resolved, lineage, outcome_values, batch, written
     )
     summary_task(s, summary)
     log.info(

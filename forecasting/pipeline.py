@@ -616,6 +616,61 @@ def fail_run(engine: Engine, run_id: str, error: BaseException) -> None:
         runs.finish_run(conn, run_id, status="failed", error=f"{type(error).__name__}: {error}")
 
 
+def open_run(
+    engine: Engine,
+    as_of: dt.date,
+    *,
+    lineage: str,
+    kind: str,
+    redo: bool = False,
+    flow_run_id: str | None = None,
+) -> RunSummary | str:
+    """Start a run for ``as_of`` and return its id — or, when that day is already complete in
+    this lineage and ``redo`` is not set, the summary saying so (a rerun writes nothing).
+    Call it under the lineage's :func:`scope_lock`."""
+    if not redo:
+        with engine.connect() as conn:
+            done = runs.completed_run(conn, as_of, lineage)
+        if done is not None:
+            return RunSummary(
+                done.run_id,
+                as_of,
+                lineage,
+                "already-complete",
+                message=(
+                    f"as of {as_of} was already completed by run {done.run_id}; nothing written "
+                    "(use --rerun to recompute)"
+                ),
+            )
+    return runs.start_run(engine, as_of, kind=kind, lineage=lineage, flow_run_id=flow_run_id)
+
+
+def finished_summary(
+    engine: Engine,
+    run_id: str,
+    as_of: dt.date,
+    lineage: str,
+    outcomes: list[ScopeOutcome],
+    batch: ForecastBatch,
+    written: WriteResult,
+) -> RunSummary:
+    """The summary of a committed run, with its next-day forecasts read back from the table."""
+    with engine.connect() as conn:
+        nd = next_day_forecasts(conn, as_of, version_ids=list(batch.versions.values()))
+    return RunSummary(
+        run_id,
+        as_of,
+        lineage,
+        "success",
+        outcomes,
+        n_forecast_rows=len(batch.rows),
+        tickers_forecast=batch.tickers,
+        skipped=batch.skipped,
+        written=written,
+        next_day=nd,
+    )
+
+
 def run_pipeline(
     engine: Engine,
     settings: Settings,
@@ -649,19 +704,17 @@ def run_pipeline(
                 message="no prices in the database; run `forecasting ingest` first",
             )
     with scope_lock(engine, f"pipeline:{lineage}"):
-        if not (rerun or force_retrain):
-            with engine.connect() as conn:
-                done = runs.completed_run(conn, as_of, lineage)
-            if done is not None:
-                return RunSummary(
-                    done.run_id,
-                    as_of,
-                    lineage,
-                    "already-complete",
-                    n_forecast_rows=0,
-                    message=f"as of {as_of} was already completed by run {done.run_id}; nothing written (use --rerun to recompute)",
-                )
-        run_id = runs.start_run(engine, as_of, kind=kind, lineage=lineage, flow_run_id=flow_run_id)
+        opened = open_run(
+            engine,
+            as_of,
+            lineage=lineage,
+            kind=kind,
+            redo=rerun or force_retrain,
+            flow_run_id=flow_run_id,
+        )
+        if isinstance(opened, RunSummary):
+            return opened
+        run_id = opened
         try:
             units = scope_units(settings, names)
             outcomes = []
@@ -684,20 +737,7 @@ def run_pipeline(
         except BaseException as exc:
             fail_run(engine, run_id, exc)
             raise
-    with engine.connect() as conn:
-        nd = next_day_forecasts(conn, as_of, version_ids=list(batch.versions.values()))
-    return RunSummary(
-        run_id,
-        as_of,
-        lineage,
-        "success",
-        outcomes,
-        n_forecast_rows=len(batch.rows),
-        tickers_forecast=batch.tickers,
-        skipped=batch.skipped,
-        written=written,
-        next_day=nd,
-    )
+    return finished_summary(engine, run_id, as_of, lineage, outcomes, batch, written)
 
 
 def summary_json(summary: RunSummary) -> str:
