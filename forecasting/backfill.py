@@ -55,7 +55,11 @@ def calendar_policy(settings: Settings) -> Settings:
     """``settings`` with the drift check switched off (never breaches, never too old), so that
     with ``retrain_every`` only the calendar decides when to retrain."""
     policy = replace(
-        settings.policy, rel_threshold=math.inf, abs_threshold=None, max_age_days=10**6
+        settings.policy,
+        rel_threshold=math.inf,
+        abs_threshold=None,
+        degradation_threshold=None,
+        max_age_days=10**6,
     )
     return settings.with_overrides(policy=policy)
 

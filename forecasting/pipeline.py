@@ -148,10 +148,24 @@ def check_scope(
                 model, series, after=info.trained_through, through=as_of, window=policy.check_window
             )
             age = (as_of - info.trained_through).days
-            if s.n and _unseen_days(series, info.trained_through) < policy.min_check_days:
-                numbers = CheckNumbers(True, s.rmse, s.naive_rmse, 0, age)
-            else:
-                numbers = CheckNumbers(True, s.rmse, s.naive_rmse, s.n, age)
+            baseline = model.calibration.get(BASELINE_KEY)
+            if baseline is None:  # a version saved before baselines were recorded
+                cfg = model.config
+                past = load_closes(
+                    conn,
+                    tickers=list(tickers),
+                    through=info.trained_through,
+                    start=_lookback_start(
+                        info.trained_through, cfg.val_days + cfg.input_len + cfg.horizon
+                    ),
+                )
+                baseline = validation_baseline(model, past, info.trained_through)
+            n = (
+                0
+                if s.n and _unseen_days(series, info.trained_through) < policy.min_check_days
+                else s.n
+            )
+            numbers = CheckNumbers(True, s.rmse, s.naive_rmse, n, age, float(baseline or math.nan))
     decision = decide(numbers, policy, force_retrain=force_retrain)
     return ScopeCheck(
         scope=scope,
@@ -170,6 +184,20 @@ def check_scope(
         threshold=decision.threshold,
         breached=decision.breached,
     )
+
+
+BASELINE_KEY = "check_baseline_rmse"
+
+
+def validation_baseline(
+    model: TrainedModel, series: Mapping[str, pd.Series], through: dt.date
+) -> float:
+    """The model's RMSE on its own validation span (the last ``val_days`` trading days up to
+    ``through``), in exactly the units of the drift check, so the two can be compared."""
+    start = _validation_start(series, through, model.config.val_days)
+    if start is None:
+        return math.nan
+    return score(model, series, after=start, through=through, window=model.config.val_days).rmse
 
 
 def _unseen_days(series: Mapping[str, pd.Series], after: dt.date) -> int:
@@ -281,6 +309,7 @@ def apply_decision(
         kind = "full"
     train_seconds = time.perf_counter() - started
 
+    candidate.calibration[BASELINE_KEY] = validation_baseline(candidate, series, as_of)
     cand_ratio = _val_ratio(candidate)
     champ_ratio = math.nan
     if active is not None:
@@ -290,7 +319,9 @@ def apply_decision(
                 active, series, after=val_after, through=as_of, window=candidate.config.val_days
             )
             champ_ratio = s.ratio
-    promoted = active is None or challenger_wins(cand_ratio, champ_ratio)
+    promoted = active is None or challenger_wins(
+        cand_ratio, champ_ratio, champion_breached=check.breached
+    )
     if active is not None and not promoted:
         reason += (
             f"; challenger rejected: validation RMSE/naive {cand_ratio:.3f} "

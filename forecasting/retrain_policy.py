@@ -28,6 +28,7 @@ class CheckNumbers:
     naive_rmse: float = math.nan
     n: int = 0
     model_age_days: int | None = None
+    baseline_rmse: float = math.nan  # the model's RMSE on its own validation span, same units
 
     @property
     def ratio(self) -> float:
@@ -44,11 +45,22 @@ class Decision:
     breached: bool
 
 
-def breaches(rmse: float, naive_rmse: float, policy: PolicySettings) -> tuple[bool, str]:
-    """Whether (rmse, naive_rmse) crosses the configured thresholds, and a sentence why."""
+def breaches(
+    rmse: float, naive_rmse: float, policy: PolicySettings, baseline_rmse: float = math.nan
+) -> tuple[bool, str]:
+    """Whether the measured RMSE crosses any configured threshold, and a sentence why."""
     reasons = []
     if policy.abs_threshold is not None and rmse > policy.abs_threshold:
         reasons.append(f"RMSE {rmse:.4f} > absolute threshold {policy.abs_threshold:.4f}")
+    if (
+        policy.degradation_threshold is not None
+        and baseline_rmse > 0
+        and rmse / baseline_rmse > policy.degradation_threshold
+    ):
+        reasons.append(
+            f"RMSE {rmse:.4f} is {rmse / baseline_rmse:.2f}x its validation RMSE "
+            f"{baseline_rmse:.4f} > degradation threshold {policy.degradation_threshold:.2f}"
+        )
     if naive_rmse > 0 and policy.rel_threshold is not None:
         ratio = rmse / naive_rmse
         if ratio > policy.rel_threshold:
@@ -75,15 +87,13 @@ def decide(check: CheckNumbers, policy: PolicySettings, *, force_retrain: bool =
         )
     if check.n == 0:
         return Decision(Action.KEEP, "no unseen trading days since training", threshold, False)
-    breached, why = breaches(check.rmse, check.naive_rmse, policy)
+    breached, why = breaches(check.rmse, check.naive_rmse, policy, check.baseline_rmse)
     if breached:
         return Decision(Action.FINETUNE, why, threshold, True)
-    return Decision(
-        Action.KEEP,
-        f"RMSE/naive {check.ratio:.3f} within threshold {threshold:.3f}",
-        threshold,
-        False,
-    )
+    detail = f"RMSE/naive {check.ratio:.3f} within threshold {threshold:.3f}"
+    if check.baseline_rmse > 0:
+        detail += f"; RMSE {check.rmse:.4f} is {check.rmse / check.baseline_rmse:.2f}x its validation RMSE"
+    return Decision(Action.KEEP, detail, threshold, False)
 
 
 def finetune_insufficient(val_rmse: float, val_naive_rmse: float, policy: PolicySettings) -> bool:
@@ -94,11 +104,17 @@ def finetune_insufficient(val_rmse: float, val_naive_rmse: float, policy: Policy
     return breaches(val_rmse, val_naive_rmse, policy)[0]
 
 
-def challenger_wins(challenger_ratio: float, champion_ratio: float) -> bool:
+def challenger_wins(
+    challenger_ratio: float, champion_ratio: float, *, champion_breached: bool = False
+) -> bool:
     """A new version becomes active only if its validation error (as a ratio to naive on the
-    same windows, so that both are in the same units) beats the active one's."""
+    same windows, so that both are in the same units) beats the active one's. When the active
+    model breached its threshold, a tie goes to the challenger: it was fitted on fresher data,
+    and keeping the breached model would only trigger the same refit again tomorrow."""
     if math.isnan(challenger_ratio):
         return False
     if math.isnan(champion_ratio):
         return True
+    if champion_breached:
+        return challenger_ratio <= champion_ratio + 1e-9
     return challenger_ratio < champion_ratio

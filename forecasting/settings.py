@@ -73,12 +73,15 @@ class PolicySettings:
 
     check_window: int = 20
     min_check_days: int = 5  # fewer unseen days than this: too little evidence, keep the model
-    # RMSE in normalized units: each h-step error is divided by the series' training-span daily
-    # log-return std and by sqrt(h), so 1.0 means "errors as large as the training span's
-    # daily moves" — persistence-like forecasts cross it when volatility outgrows the training
-    # span, which the ratio to naive cannot see. None disables it.
-    abs_threshold: float | None = 1.0
-    rel_threshold: float = 1.05  # ratio to naive persistence
+    # Check RMSE over the model's own validation RMSE, both in the same normalized units (each
+    # h-step error divided by the series' training-span daily std and by sqrt(h)): 1.5 means
+    # "errors half as large again as when it was validated". It catches volatility outgrowing
+    # the training span, which the ratio to naive cannot see, and it re-bases itself at every
+    # refit, so a lasting regime change triggers one refit rather than one a day.
+    degradation_threshold: float | None = 1.5
+    # The same check RMSE against a fixed level in those units; None disables it.
+    abs_threshold: float | None = None
+    rel_threshold: float = 1.05  # ratio to naive persistence on the same windows
     max_age_days: int = 90
     min_history: int = 80  # trading days a ticker needs to be forecast
     stale_days: int = 10  # calendar days without a price before a ticker is skipped

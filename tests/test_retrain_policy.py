@@ -15,9 +15,18 @@ from forecasting.retrain_policy import (
 )
 from forecasting.settings import PolicySettings
 
-REL = PolicySettings(rel_threshold=1.05, abs_threshold=None, max_age_days=90)
-ABS = PolicySettings(rel_threshold=1e9, abs_threshold=1.2, max_age_days=90)
-BOTH = PolicySettings(rel_threshold=1.05, abs_threshold=1.2, max_age_days=90)
+REL = PolicySettings(
+    rel_threshold=1.05, abs_threshold=None, degradation_threshold=None, max_age_days=90
+)
+ABS = PolicySettings(
+    rel_threshold=1e9, abs_threshold=1.2, degradation_threshold=None, max_age_days=90
+)
+BOTH = PolicySettings(
+    rel_threshold=1.05, abs_threshold=1.2, degradation_threshold=None, max_age_days=90
+)
+DEG = PolicySettings(
+    rel_threshold=1.05, abs_threshold=None, degradation_threshold=1.5, max_age_days=90
+)
 
 
 @pytest.mark.parametrize(
@@ -34,6 +43,16 @@ BOTH = PolicySettings(rel_threshold=1.05, abs_threshold=1.2, max_age_days=90)
         (CheckNumbers(True, 1.3, 2.0, 50, 10), ABS, False, Action.FINETUNE, "absolute threshold"),
         (CheckNumbers(True, 1.3, 2.0, 50, 10), BOTH, False, Action.FINETUNE, "absolute"),
         (CheckNumbers(True, 1.1, 1.0, 50, 10), BOTH, False, Action.FINETUNE, "relative"),
+        # Degradation: check RMSE against the model's own validation RMSE.
+        (
+            CheckNumbers(True, 1.4, 1.4, 50, 10, 1.0),
+            DEG,
+            False,
+            Action.KEEP,
+            "1.40x its validation",
+        ),
+        (CheckNumbers(True, 1.6, 1.6, 50, 10, 1.0), DEG, False, Action.FINETUNE, "degradation"),
+        (CheckNumbers(True, 1.6, 1.6, 50, 10), DEG, False, Action.KEEP, "within threshold"),
     ],
 )
 def test_decide(
@@ -68,6 +87,16 @@ def test_finetune_insufficient(val_rmse: float, naive: float, insufficient: bool
 def test_challenger_wins(challenger: float, champion: float, wins: bool) -> None:
     """A new version becomes active only if it strictly beats the active one."""
     assert challenger_wins(challenger, champion) is wins
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "wins"), [(1.0, 1.0, True), (0.99, 1.0, True), (1.01, 1.0, False)]
+)
+def test_a_tie_goes_to_the_challenger_when_the_champion_breached(
+    challenger: float, champion: float, wins: bool
+) -> None:
+    """Keeping a breached model on a tie would only trigger the same refit tomorrow."""
+    assert challenger_wins(challenger, champion, champion_breached=True) is wins
 
 
 def test_ratio_is_nan_without_errors() -> None:
