@@ -36,7 +36,7 @@ from sqlalchemy import delete, select  # noqa: E402
 from forecasting.db import init_db, make_engine  # noqa: E402
 from forecasting.forecasts import write_forecasts  # noqa: E402
 from forecasting.ingest import ingest  # noqa: E402
-from forecasting.pipeline import forecast, scope_units, train  # noqa: E402
+from forecasting.pipeline import forecast, run_pipeline, scope_units, train  # noqa: E402
 from forecasting.schema import forecasts, pipeline_runs, prices  # noqa: E402
 from forecasting.settings import ModelSettings, Settings  # noqa: E402
 from forecasting.sources import make_source  # noqa: E402
@@ -164,7 +164,21 @@ def main() -> None:
     print("starting the Prefect API server (not timed) ...", flush=True)
     flow_run(panel[:5])
 
+    from prefect import flow
+
+    @flow(name="empty")
+    def empty() -> None:
+        return None
+
+    def library_run(tickers: list[str]) -> None:
+        clear()
+        summary = run_pipeline(engine, settings, AS_OF, rerun=True, tickers=tickers)
+        assert summary.status == "success", summary.message
+
+    empty()
+    t_empty = timed(empty, args.repeat)
     t_flow = timed(lambda: flow_run(panel), args.repeat)
+    t_lib = timed(lambda: library_run(panel), args.repeat)
     t_bare = timed(lambda: bare(panel), args.repeat)
     with engine.connect() as conn:
         n_rows = len(conn.execute(select(forecasts.c.id)).all())
@@ -174,7 +188,11 @@ def main() -> None:
     print(
         f"  bare forecast step (model forward + write):            {t_bare * 1000:8.1f} ms  ({n_rows} rows)"
     )
+    print(f"  same pipeline without Prefect (library run_pipeline):  {t_lib * 1000:8.1f} ms")
+    print(f"  an empty Prefect flow run (fixed cost per flow run):   {t_empty * 1000:8.1f} ms")
     print(f"  ratio flow / bare: {t_flow / t_bare:.2f}x   (target <= 2.0x)")
+    print(f"  ratio (flow - empty flow) / bare: {(t_flow - t_empty) / t_bare:.2f}x")
+    print(f"  ratio library pipeline / bare: {t_lib / t_bare:.2f}x")
 
     print()
     print("Scaling: daily flow time per ticker")
@@ -185,6 +203,12 @@ def main() -> None:
         t = timed(lambda tickers=tickers: flow_run(tickers), args.repeat)
         per.append(t / n * 1000)
         print(f"  {n:>8} {t:>9.2f} {t / n * 1000:>10.2f}", flush=True)
+    big = all_tickers[: sizes[-1]]
+    t_big_bare = timed(lambda: bare(big), args.repeat)
+    print(
+        f"  at {sizes[-1]} tickers: flow {t:.2f}s vs bare step {t_big_bare:.2f}s "
+        f"-> {t / t_big_bare:.2f}x"
+    )
     print(
         f"  ms/ticker at {sizes[-1]} vs {sizes[0]}: {per[-1] / per[0]:.2f}x (linear scaling keeps this <= ~1)"
     )
