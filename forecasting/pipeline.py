@@ -138,16 +138,25 @@ def check_scope(
     with engine.connect() as conn:
         info = registry.active_version(conn, scope)
         numbers = CheckNumbers(has_model=False)
+        # Evidence counts from the last refit attempt: when a challenger trained through a
+        # later day was rejected, the active model was re-validated on that day, so its age and
+        # its check window restart there (otherwise a rejected refit would be retried daily).
+        revalidated: dt.date | None = None
+        if info is not None:
+            last = registry.latest_attempt(conn, scope)
+            if last is not None and last.trained_through > info.trained_through:
+                revalidated = last.trained_through
         if info is not None:
             model = registry.load_model(conn, info.id)
+            evidence_after = revalidated or info.trained_through
             start = _lookback_start(
                 info.trained_through, model.config.input_len + model.config.horizon
             )
             series = load_closes(conn, tickers=list(tickers), through=as_of, start=start)
             s = score(
-                model, series, after=info.trained_through, through=as_of, window=policy.check_window
+                model, series, after=evidence_after, through=as_of, window=policy.check_window
             )
-            age = (as_of - info.trained_through).days
+            age = (as_of - evidence_after).days
             baseline = model.calibration.get(BASELINE_KEY)
             if baseline is None:  # a version saved before baselines were recorded
                 cfg = model.config
@@ -160,13 +169,19 @@ def check_scope(
                     ),
                 )
                 baseline = validation_baseline(model, past, info.trained_through)
-            n = (
-                0
-                if s.n and _unseen_days(series, info.trained_through) < policy.min_check_days
-                else s.n
-            )
+            n = 0 if s.n and _unseen_days(series, evidence_after) < policy.min_check_days else s.n
             numbers = CheckNumbers(True, s.rmse, s.naive_rmse, n, age, float(baseline or math.nan))
     decision = decide(numbers, policy, force_retrain=force_retrain)
+    reason = decision.reason
+    if info is not None and numbers.n == 0 and decision.action is Action.KEEP:
+        reason = f"fewer than {policy.min_check_days} unseen trading days since training"
+        if revalidated is not None:
+            reason = (
+                f"fewer than {policy.min_check_days} unseen trading days since a challenger "
+                f"trained through {revalidated} was rejected"
+            )
+    elif revalidated is not None and decision.action is not Action.KEEP:
+        reason += f" (counted from the rejected refit trained through {revalidated})"
     return ScopeCheck(
         scope=scope,
         tickers=tuple(tickers),
@@ -178,9 +193,7 @@ def check_scope(
         n=numbers.n,
         model_age_days=numbers.model_age_days,
         action=decision.action.value,
-        reason=decision.reason
-        if not (info and numbers.n == 0 and decision.action is Action.KEEP)
-        else f"fewer than {policy.min_check_days} unseen trading days since training",
+        reason=reason,
         threshold=decision.threshold,
         breached=decision.breached,
     )
@@ -319,8 +332,10 @@ def apply_decision(
                 active, series, after=val_after, through=as_of, window=candidate.config.val_days
             )
             champ_ratio = s.ratio
+    # A full retrain (scheduled by age or calendar, forced, or after a failed fine-tune)
+    # replaces a champion it ties: the challenger saw fresher data.
     promoted = active is None or challenger_wins(
-        cand_ratio, champ_ratio, champion_breached=check.breached
+        cand_ratio, champ_ratio, champion_due=check.breached or action is Action.RETRAIN
     )
     if active is not None and not promoted:
         reason += (

@@ -271,6 +271,21 @@ def active_version(conn: Connection, scope: str = "global") -> VersionInfo | Non
     return _info(row) if row is not None else None
 
 
+def latest_attempt(conn: Connection, scope: str) -> VersionInfo | None:
+    """The scope's newest version by ``trained_through`` (then id), whatever its status: the
+    last refit that was tried, promoted or rejected."""
+    row = (
+        conn.execute(
+            select(model_versions)
+            .where(model_versions.c.scope == scope)
+            .order_by(model_versions.c.trained_through.desc(), model_versions.c.id.desc())
+        )
+        .mappings()
+        .first()
+    )
+    return _info(row) if row is not None else None
+
+
 def list_versions(conn: Connection, scope: str | None = None) -> list[VersionInfo]:
     """All versions (of ``scope`` if given), oldest first."""
     q = select(model_versions).order_by(model_versions.c.id)

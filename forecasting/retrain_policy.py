@@ -105,16 +105,16 @@ def finetune_insufficient(val_rmse: float, val_naive_rmse: float, policy: Policy
 
 
 def challenger_wins(
-    challenger_ratio: float, champion_ratio: float, *, champion_breached: bool = False
+    challenger_ratio: float, champion_ratio: float, *, champion_due: bool = False
 ) -> bool:
     """A new version becomes active only if its validation error (as a ratio to naive on the
     same windows, so that both are in the same units) beats the active one's. When the active
-    model breached its threshold, a tie goes to the challenger: it was fitted on fresher data,
-    and keeping the breached model would only trigger the same refit again tomorrow."""
+    model is due for replacement (it breached its threshold, or a full retrain was scheduled
+    by age or calendar), a tie goes to the challenger: it was fitted on fresher data."""
     if math.isnan(challenger_ratio):
         return False
     if math.isnan(champion_ratio):
         return True
-    if champion_breached:
+    if champion_due:
         return challenger_ratio <= champion_ratio + 1e-9
     return challenger_ratio < champion_ratio

@@ -82,7 +82,9 @@ class PolicySettings:
     # The same check RMSE against a fixed level in those units; None disables it.
     abs_threshold: float | None = None
     rel_threshold: float = 1.05  # ratio to naive persistence on the same windows
-    max_age_days: int = 90
+    # A safety net for slow drift the check misses, not the main trigger: retrain from scratch
+    # once this many calendar days have passed since the last refit (or rejected refit).
+    max_age_days: int = 180
     min_history: int = 80  # trading days a ticker needs to be forecast
     stale_days: int = 10  # calendar days without a price before a ticker is skipped
 

@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Engine
 
+from forecasting import registry
 from forecasting.calendar import TradingCalendar
 from forecasting.ingest import ingest
-from forecasting.pipeline import run_pipeline, target_dates
+from forecasting.pipeline import check_scope, run_pipeline, target_dates
 from forecasting.registry import active_version
 from forecasting.schema import forecasts, model_checks, pipeline_runs
 from forecasting.settings import ModelSettings, PolicySettings, Settings
@@ -195,6 +196,45 @@ def test_quiet_keeps_and_drift_triggers_refit(
     assert last.model_version_id == first.id
     assert last.new_version_id is not None
     assert last.rmse is not None and last.naive_rmse is not None and last.threshold is not None
+
+
+def test_a_rejected_refit_restarts_the_age_and_evidence_clock(
+    sqlite_engine: Engine, sqlite_url: str, shared_data: Path
+) -> None:
+    """Once a challenger trained through a later day was rejected, the active model counts as
+    re-validated on that day: no refit is retried until ``min_check_days`` new trading days
+    arrive and it is old again (before this rule, an age retrain that tied was retried daily)."""
+    load_panel(sqlite_engine, shared_data, end=dt.date(2016, 6, 30))
+    s = small_settings(sqlite_url, max_age_days=30)
+    run_pipeline(sqlite_engine, s)
+    load_panel(sqlite_engine, shared_data, end=dt.date(2016, 8, 31))
+    as_of = dt.date(2016, 8, 31)
+
+    due = check_scope(sqlite_engine, s, as_of, "global", TICKERS)
+    assert due.action == "retrain"
+    assert "62 days old > max_age_days 30" in due.reason
+
+    with sqlite_engine.begin() as conn:
+        active = active_version(conn, "global")
+        assert active is not None
+        challenger = registry.load_model(conn, active.id)
+        challenger.trained_through = dt.date(2016, 8, 29)
+        registry.save_version(
+            conn, challenger, kind="full", parent_id=None, scope="global", status="rejected"
+        )
+    cooling = check_scope(sqlite_engine, s, as_of, "global", TICKERS)
+    assert cooling.action == "keep", cooling.reason
+    assert cooling.version_id == active.id
+    assert cooling.n == 0
+    assert "challenger trained through 2016-08-29 was rejected" in cooling.reason
+    assert cooling.model_age_days == 2
+
+    # Thirty-odd days after the rejection the clock runs out again, counted from it.
+    load_panel(sqlite_engine, shared_data, end=dt.date(2016, 9, 30))
+    later = check_scope(sqlite_engine, s, dt.date(2016, 9, 30), "global", TICKERS)
+    assert later.action == "retrain"
+    assert "32 days old" in later.reason
+    assert "counted from the rejected refit trained through 2016-08-29" in later.reason
 
 
 def test_crash_before_commit_leaves_no_rows_of_that_run(

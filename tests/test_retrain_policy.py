@@ -92,11 +92,11 @@ def test_challenger_wins(challenger: float, champion: float, wins: bool) -> None
 @pytest.mark.parametrize(
     ("challenger", "champion", "wins"), [(1.0, 1.0, True), (0.99, 1.0, True), (1.01, 1.0, False)]
 )
-def test_a_tie_goes_to_the_challenger_when_the_champion_breached(
+def test_a_tie_goes_to_the_challenger_when_the_champion_due(
     challenger: float, champion: float, wins: bool
 ) -> None:
     """Keeping a breached model on a tie would only trigger the same refit tomorrow."""
-    assert challenger_wins(challenger, champion, champion_breached=True) is wins
+    assert challenger_wins(challenger, champion, champion_due=True) is wins
 
 
 def test_ratio_is_nan_without_errors() -> None:
