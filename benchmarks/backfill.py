@@ -147,11 +147,14 @@ def main() -> None:
         f"max age {policy.max_age_days}d"
     )
 
-    # Warm torch up outside the timed runs: the first fit in a process pays one-off costs that
-    # would otherwise be charged to whichever policy happens to run first.
+    # Warm torch up outside the timed runs, on the full panel: the first fit in a process pays
+    # one-off costs (allocator growth, kernel selection for these shapes) that would otherwise
+    # be charged to whichever policy happens to run first.
     with engine.connect() as conn:
-        warm = load_closes(conn, tickers=tickers[:2], through=start)
+        warm = load_closes(conn, tickers=tickers, through=start)
+    t0 = time.perf_counter()
     fit(warm, ModelConfig.from_settings(replace(model, max_epochs=1)), start)
+    print(f"warm-up fit (1 epoch, not counted): {time.perf_counter() - t0:.1f}s", flush=True)
 
     policies = {
         "drift": (settings, None),
