@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 
 from flows.backfill import link_latest_report
 from flows.common import SettingsTaskRunner, engine_for, parse_date, settings, task_runner
@@ -183,14 +184,17 @@ def daily(
             batch = pipeline.ForecastBatch(resolved)
             for part in parts.result():
                 batch = batch.merge(part)
-            written = write_task(s, run_id, batch, outcome_values)
+            # quote(): the batch holds one dict per forecast row; Prefect would otherwise walk
+            # every one of them looking for futures (most of the flow's overhead at 150 tickers).
+            # Prefect unwraps it before the call; its stubs don't model that.
+            written = write_task(s, run_id, quote(batch), outcome_values)  # type: ignore[call-overload]
         except BaseException as exc:
             pipeline.fail_run(engine, run_id, exc)
             raise
     summary = pipeline.finished_summary(
         engine, run_id, resolved, lineage, outcome_values, batch, written
     )
-    summary_task(s, summary)
+    summary_task(s, quote(summary))  # type: ignore[call-overload]
     log.info(
         "as of %s: %s; %d tickers forecast, %d skipped",
         resolved,
