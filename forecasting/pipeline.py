@@ -180,7 +180,7 @@ def check_scope(
                 f"fewer than {policy.min_check_days} unseen trading days since a challenger "
                 f"trained through {revalidated} was rejected"
             )
-    elif revalidated is not None and decision.action is not Action.KEEP:
+    elif revalidated is not None and decision.action is not Action.KEEP and not force_retrain:
         reason += f" (counted from the rejected refit trained through {revalidated})"
     return ScopeCheck(
         scope=scope,
