@@ -2,7 +2,9 @@
 
 Run by the ``daily`` deployment after the A-share close (Asia/Shanghai). Each step is a task
 that calls into ``forecasting.pipeline``; tasks exchange plain dataclasses, never torch objects.
-Only I/O tasks (ingest, write) retry. Caching is off and results are not persisted on purpose:
+Only tasks that write to the database retry (ingest, the forecast shards, which stage their
+rows, and the write that publishes them); their writes are idempotent, so a retry cannot
+duplicate. Caching is off and results are not persisted on purpose:
 every input lives in the database, and a stale cached forecast would be worse than recomputing.
 """
 
@@ -52,11 +54,16 @@ def refit_task(
     return pipeline.apply_decision(engine_for(s.database_url), s, as_of, check, run_id=run_id)
 
 
-@task(**TASK_OPTS)
+@task(retries=2, retry_delay_seconds=5, **TASK_OPTS)
 def forecast_task(
-    s: Settings, as_of: dt.date, units: dict[str, list[str]], lineage: str
+    s: Settings, as_of: dt.date, units: dict[str, list[str]], run_id: str, lineage: str
 ) -> pipeline.ForecastBatch:
-    return pipeline.forecast(engine_for(s.database_url), s, as_of, units, lineage=lineage)
+    """Forecast one shard and stage its rows in the database; returns counts and skips, not
+    rows. Retried like the other database writers: a retry re-stages the same tickers, and the
+    forward pass it repeats is deterministic and cheap next to training."""
+    return pipeline.forecast_shard(
+        engine_for(s.database_url), s, as_of, units, run_id, lineage=lineage
+    )
 
 
 @task(retries=2, retry_delay_seconds=5, **TASK_OPTS)
@@ -180,13 +187,13 @@ def daily(
                 for c in checks
             ]
             outcome_values = [o.result() for o in outcomes]
-            parts = forecast_task.map(s, resolved, shards(units, shard_size), lineage)
+            parts = forecast_task.map(s, resolved, shards(units, shard_size), run_id, lineage)
             batch = pipeline.ForecastBatch(resolved)
             for part in parts.result():
                 batch = batch.merge(part)
-            # quote(): the batch holds one dict per forecast row; Prefect would otherwise walk
-            # every one of them looking for futures (most of the flow's overhead at 150 tickers).
-            # Prefect unwraps it before the call; its stubs don't model that.
+            # The shards staged their rows; the write task publishes them in one transaction.
+            # quote(): Prefect would otherwise walk every ticker and skip reason in the batch
+            # looking for futures; it unwraps it before the call (its stubs don't model that).
             written = write_task(s, run_id, quote(batch), outcome_values)  # type: ignore[call-overload]
         except BaseException as exc:
             pipeline.fail_run(engine, run_id, exc)

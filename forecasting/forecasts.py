@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, select, text, tuple_
 from sqlalchemy.engine import Connection
 
-from forecasting.schema import forecasts
+from forecasting.schema import forecast_staging, forecasts
 
 ROW_FIELDS = (
     "ticker",
@@ -105,6 +105,44 @@ def write_forecasts(
     if payload:
         conn.execute(insert(forecasts), payload)
     return WriteResult(len(to_insert), len(to_replace), unchanged)
+
+
+def stage_forecasts(conn: Connection, run_id: str, rows: Sequence[dict[str, Any]]) -> int:
+    """Stage one shard's rows for ``run_id`` (the caller's transaction, typically on a worker).
+    Staging the same tickers again replaces their rows, so a retried shard cannot duplicate."""
+    if not rows:
+        return 0
+    tickers = sorted({r["ticker"] for r in rows})
+    st = forecast_staging.c
+    for i in range(0, len(tickers), 500):
+        conn.execute(
+            delete(forecast_staging).where(st.run_id == run_id, st.ticker.in_(tickers[i : i + 500]))
+        )
+    conn.execute(
+        insert(forecast_staging),
+        [{**{f: r[f] for f in ROW_FIELDS}, "run_id": run_id} for r in rows],
+    )
+    return len(rows)
+
+
+def staged_rows(conn: Connection, run_id: str) -> list[dict[str, Any]]:
+    """The rows staged for ``run_id``, as :func:`write_forecasts` takes them."""
+    st = forecast_staging.c
+    stmt = (
+        select(*(st[f] for f in ROW_FIELDS))
+        .where(st.run_id == run_id)
+        .order_by(st.ticker, st.as_of_date, st.horizon)
+    )
+    return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def clear_staging(conn: Connection, run_ids: Sequence[str]) -> None:
+    """Drop what the given runs staged (after publishing, on failure, or for runs that died)."""
+    ids = list(run_ids)
+    for i in range(0, len(ids), 500):
+        conn.execute(
+            delete(forecast_staging).where(forecast_staging.c.run_id.in_(ids[i : i + 500]))
+        )
 
 
 def next_day_forecasts(

@@ -17,12 +17,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting import registry, runs
 from forecasting.calendar import SOURCE_RANK, TradingCalendar
-from forecasting.forecasts import WriteResult, next_day_forecasts, write_forecasts
+from forecasting.forecasts import (
+    WriteResult,
+    clear_staging,
+    next_day_forecasts,
+    stage_forecasts,
+    staged_rows,
+    write_forecasts,
+)
 from forecasting.locks import scope_lock
 from forecasting.lstm import ModelConfig
 from forecasting.prices import load_closes
@@ -33,7 +40,7 @@ from forecasting.retrain_policy import (
     decide,
     finetune_insufficient,
 )
-from forecasting.schema import model_checks, prices
+from forecasting.schema import forecast_staging, model_checks, pipeline_runs, prices
 from forecasting.settings import Settings
 from forecasting.training import TrainedModel, fit, predict, score
 
@@ -422,12 +429,19 @@ def _record(engine: Engine, run_id: str | None, outcome: ScopeOutcome, check: Sc
 
 @dataclass
 class ForecastBatch:
-    """A run's forecast rows (plain dicts, price units) and the tickers skipped with reasons."""
+    """A run's forecast rows (plain dicts, price units) and the tickers skipped with reasons.
+
+    Rows either travel in ``rows`` or were staged in ``forecast_staging`` by a shard
+    (:func:`forecast_shard`); then only their tickers and count travel, in ``staged`` and
+    ``n_staged``.
+    """
 
     as_of: dt.date
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
+    staged: list[str] = field(default_factory=list)
+    n_staged: int = 0
 
     def merge(self, other: ForecastBatch) -> ForecastBatch:
         return ForecastBatch(
@@ -435,11 +449,17 @@ class ForecastBatch:
             self.rows + other.rows,
             {**self.skipped, **other.skipped},
             {**self.versions, **other.versions},
+            self.staged + other.staged,
+            self.n_staged + other.n_staged,
         )
 
     @property
     def tickers(self) -> list[str]:
-        return sorted({r["ticker"] for r in self.rows})
+        return sorted({r["ticker"] for r in self.rows} | set(self.staged))
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows) + self.n_staged
 
 
 def target_dates(
@@ -627,12 +647,41 @@ def _fmt(x: float | None) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
 
+def forecast_shard(
+    engine: Engine,
+    settings: Settings,
+    as_of: dt.date,
+    units: Mapping[str, Sequence[str]],
+    run_id: str,
+    *,
+    lineage: str = "live",
+) -> ForecastBatch:
+    """Forecast one shard and stage its rows for ``run_id`` in a transaction of its own, so
+    that shards write in parallel (on Dask workers: straight to the database); :func:`write`
+    publishes them all at once. Returns the batch without its rows."""
+    batch = forecast(engine, settings, as_of, units, lineage=lineage)
+    with engine.begin() as conn:
+        n = stage_forecasts(conn, run_id, batch.rows)
+    return ForecastBatch(as_of, [], batch.skipped, batch.versions, batch.tickers, n)
+
+
 def write(
     engine: Engine, run_id: str, batch: ForecastBatch, outcomes: Sequence[ScopeOutcome]
 ) -> WriteResult:
-    """Commit all of a run's forecasts and its completion record in one transaction."""
+    """Commit all of a run's forecasts (in the batch, and staged by its shards) and its
+    completion record in one transaction, and empty its stage."""
     with engine.begin() as conn:
-        result = write_forecasts(conn, run_id, batch.rows)
+        rows = list(batch.rows)
+        if batch.n_staged:
+            staged = staged_rows(conn, run_id)
+            if len(staged) != batch.n_staged:
+                raise RuntimeError(
+                    f"run {run_id}: {len(staged)} forecast rows staged, its shards reported "
+                    f"{batch.n_staged}; rerun the day with --rerun"
+                )
+            rows += staged
+        result = write_forecasts(conn, run_id, rows)
+        clear_staging(conn, [run_id])
         actions = [o.action for o in outcomes]
         runs.finish_run(
             conn,
@@ -647,7 +696,7 @@ def write(
             n_forecast=len(batch.tickers),
             n_skipped=len(batch.skipped),
             counts={
-                "rows": len(batch.rows),
+                "rows": len(rows),
                 "inserted": result.inserted,
                 "replaced": result.replaced,
                 "unchanged": result.unchanged,
@@ -659,6 +708,7 @@ def write(
 
 def fail_run(engine: Engine, run_id: str, error: BaseException) -> None:
     with engine.begin() as conn:
+        clear_staging(conn, [run_id])
         runs.finish_run(conn, run_id, status="failed", error=f"{type(error).__name__}: {error}")
 
 
@@ -688,6 +738,16 @@ def open_run(
                     "(use --rerun to recompute)"
                 ),
             )
+    # Under the lineage lock no other run of this lineage is in flight: anything staged by
+    # one is left over from a process that died before publishing or failing it.
+    with engine.begin() as conn:
+        conn.execute(
+            delete(forecast_staging).where(
+                forecast_staging.c.run_id.in_(
+                    select(pipeline_runs.c.run_id).where(pipeline_runs.c.lineage == lineage)
+                )
+            )
+        )
     return runs.start_run(engine, as_of, kind=kind, lineage=lineage, flow_run_id=flow_run_id)
 
 
@@ -709,7 +769,7 @@ def finished_summary(
         lineage,
         "success",
         outcomes,
-        n_forecast_rows=len(batch.rows),
+        n_forecast_rows=batch.n_rows,
         tickers_forecast=batch.tickers,
         skipped=batch.skipped,
         written=written,

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -191,6 +192,28 @@ forecasts = Table(
         "ticker", "as_of_date", "horizon", "model_version_id", name="uq_forecasts_key"
     ),
     Index("ix_forecasts_as_of", "as_of_date"),
+)
+
+# Forecast shards stage their rows here, each in its own transaction (possibly on other
+# machines); the run's write step moves them into ``forecasts`` in one transaction and empties
+# the stage, so readers never see part of a run.
+forecast_staging = Table(
+    "forecast_staging",
+    metadata,
+    Column("run_id", String(36), ForeignKey("pipeline_runs.run_id"), nullable=False),
+    Column("ticker", String(32), nullable=False),
+    Column("as_of_date", Date, nullable=False),
+    Column("target_date", Date, nullable=False),
+    Column("horizon", Integer, nullable=False),
+    Column("yhat", Float, nullable=False),
+    Column("yhat_lower", Float, nullable=False),
+    Column("yhat_upper", Float, nullable=False),
+    Column("base_close", Float, nullable=False),
+    Column("model_version_id", Integer, nullable=False),
+    Column("calendar_source", String(16), nullable=False),
+    PrimaryKeyConstraint(
+        "run_id", "ticker", "as_of_date", "horizon", "model_version_id", name="pk_forecast_staging"
+    ),
 )
 
 # Views are written once in SQL that SQLite and Postgres both accept.

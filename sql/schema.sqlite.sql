@@ -126,6 +126,22 @@ CREATE TABLE rejected_rows (
 	FOREIGN KEY(run_id) REFERENCES ingest_runs (run_id)
 );
 
+CREATE TABLE forecast_staging (
+	run_id VARCHAR(36) NOT NULL, 
+	ticker VARCHAR(32) NOT NULL, 
+	as_of_date DATE NOT NULL, 
+	target_date DATE NOT NULL, 
+	horizon INTEGER NOT NULL, 
+	yhat FLOAT NOT NULL, 
+	yhat_lower FLOAT NOT NULL, 
+	yhat_upper FLOAT NOT NULL, 
+	base_close FLOAT NOT NULL, 
+	model_version_id INTEGER NOT NULL, 
+	calendar_source VARCHAR(16) NOT NULL, 
+	CONSTRAINT pk_forecast_staging PRIMARY KEY (run_id, ticker, as_of_date, horizon, model_version_id), 
+	FOREIGN KEY(run_id) REFERENCES pipeline_runs (run_id)
+);
+
 CREATE TABLE forecasts (
 	id INTEGER NOT NULL, 
 	ticker VARCHAR(32) NOT NULL, 

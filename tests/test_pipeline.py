@@ -14,9 +14,18 @@ from sqlalchemy.engine import Engine
 from forecasting import registry
 from forecasting.calendar import TradingCalendar
 from forecasting.ingest import ingest
-from forecasting.pipeline import check_scope, run_pipeline, target_dates
+from forecasting.pipeline import (
+    check_scope,
+    fail_run,
+    forecast_shard,
+    open_run,
+    run_pipeline,
+    scope_units,
+    target_dates,
+    write,
+)
 from forecasting.registry import active_version
-from forecasting.schema import forecasts, model_checks, pipeline_runs
+from forecasting.schema import forecast_staging, forecasts, model_checks, pipeline_runs
 from forecasting.settings import ModelSettings, PolicySettings, Settings
 from forecasting.sources import make_source
 
@@ -265,6 +274,65 @@ def test_crash_before_commit_leaves_no_rows_of_that_run(
     assert status == ["failed"]
     # The next run succeeds and is not fooled by the failed one.
     assert run_pipeline(sqlite_engine, s).status == "success"
+
+
+def _count(engine: Engine, table: object) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())  # type: ignore[arg-type]
+
+
+def test_sharded_forecasts_stage_then_publish_in_one_transaction(
+    engine: Engine, db_url: str, shared_data: Path
+) -> None:
+    """Shards stage their rows on their own (readers see none of them); the write publishes
+    all of them at once and empties the stage; the rows are exactly what the unsharded library
+    run computes for the same day. A failed run and a run that died leave nothing staged."""
+    load_panel(engine, shared_data, end=dt.date(2016, 6, 30))
+    s = small_settings(db_url)
+    run_pipeline(engine, s)  # trains the model
+    load_panel(engine, shared_data, end=dt.date(2016, 7, 29))
+    as_of = dt.date(2016, 7, 29)
+    before = _count(engine, forecasts)
+
+    run_id = open_run(engine, as_of, lineage="live", kind="daily")
+    assert isinstance(run_id, str)
+    units = scope_units(s, TICKERS)
+    parts = [
+        forecast_shard(engine, s, as_of, {"global": TICKERS[:2]}, run_id),
+        forecast_shard(engine, s, as_of, {"global": TICKERS[2:]}, run_id),
+    ]
+    # A retried shard re-stages its tickers instead of duplicating them.
+    parts[0] = forecast_shard(engine, s, as_of, {"global": TICKERS[:2]}, run_id)
+    batch = parts[0].merge(parts[1])
+    assert batch.rows == [] and batch.tickers == sorted(TICKERS)
+    assert batch.n_staged == len(TICKERS) * SMALL_MODEL.horizon
+    assert _count(engine, forecast_staging) == batch.n_staged
+    assert _count(engine, forecasts) == before  # nothing visible yet
+
+    written = write(engine, run_id, batch, [])
+    assert written.inserted == batch.n_staged
+    assert _count(engine, forecasts) == before + batch.n_staged
+    assert _count(engine, forecast_staging) == 0
+
+    # The unsharded path computes the very same rows: a rerun finds them all unchanged.
+    again = run_pipeline(engine, s, as_of, rerun=True, tickers=list(units["global"]))
+    assert again.written is not None
+    assert (again.written.inserted, again.written.replaced) == (0, 0)
+    assert again.written.unchanged == batch.n_staged
+
+    # A failed run clears what it staged; so does the next run after one that died.
+    failed = open_run(engine, as_of, lineage="live", kind="daily", redo=True)
+    assert isinstance(failed, str)
+    forecast_shard(engine, s, as_of, units, failed)
+    fail_run(engine, failed, RuntimeError("injected"))
+    assert _count(engine, forecast_staging) == 0
+    died = open_run(engine, as_of, lineage="live", kind="daily", redo=True)
+    assert isinstance(died, str)
+    forecast_shard(engine, s, as_of, units, died)
+    assert _count(engine, forecast_staging) > 0
+    nxt = open_run(engine, as_of, lineage="live", kind="daily", redo=True)
+    assert isinstance(nxt, str)
+    assert _count(engine, forecast_staging) == 0
 
 
 @pytest.mark.parametrize(
