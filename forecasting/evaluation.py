@@ -11,8 +11,10 @@ Metrics, per horizon, per ticker and overall:
 - RMSE, MAE, MAPE (percent of the actual close);
 - ``rmse_ratio``: RMSE over the RMSE of naive persistence (forecast = the ``as_of`` close) on the
   same rows; below 1 beats persistence;
-- ``directional_accuracy``: share of rows where ``sign(yhat - base_close)`` equals
-  ``sign(actual - base_close)`` (a flat day, sign 0, counts as a hit only for a flat forecast);
+- ``directional_accuracy``: among the rows whose forecast calls a direction (``yhat`` off
+  ``base_close`` by more than 1e-9 of it; their count is ``n_directional``), the share where
+  ``sign(yhat - base_close)`` equals ``sign(actual - base_close)`` (a flat day is a miss). NaN
+  when no forecast moved off persistence: there is no direction to score;
 - ``coverage``: share of actuals inside ``[yhat_lower, yhat_upper]``; ``mean_width``: mean
   interval width in price units.
 
@@ -42,6 +44,7 @@ METRIC_COLUMNS = (
     "naive_rmse",
     "rmse_ratio",
     "directional_accuracy",
+    "n_directional",
     "coverage",
     "mean_width",
 )
@@ -130,12 +133,14 @@ def metrics(frame: pd.DataFrame) -> dict[str, float]:
     """The metric row of a set of error rows (see the module docstring); NaN when empty."""
     n = len(frame)
     if n == 0:
-        return {c: (0 if c == "n" else math.nan) for c in METRIC_COLUMNS}
+        return {c: (0 if c in ("n", "n_directional") else math.nan) for c in METRIC_COLUMNS}
     err = frame["error"].to_numpy(dtype="float64")  # [N]
     naive = frame["naive_error"].to_numpy(dtype="float64")  # [N]
     actual = frame["actual"].to_numpy(dtype="float64")  # [N]
     base = frame["base_close"].to_numpy(dtype="float64")  # [N]
     yhat = frame["yhat"].to_numpy(dtype="float64")  # [N]
+    calls = np.abs(yhat - base) > 1e-9 * np.abs(base)  # [N] forecasts that call a direction
+    hits = np.sign(yhat - base) == np.sign(actual - base)  # [N]
     rmse = float(np.sqrt(np.mean(err**2)))
     naive_rmse = float(np.sqrt(np.mean(naive**2)))
     width = frame["yhat_upper"].to_numpy(dtype="float64") - frame["yhat_lower"].to_numpy(
@@ -148,7 +153,8 @@ def metrics(frame: pd.DataFrame) -> dict[str, float]:
         "mape": float(np.mean(np.abs(err) / np.abs(actual)) * 100.0),
         "naive_rmse": naive_rmse,
         "rmse_ratio": rmse / naive_rmse if naive_rmse > 0 else math.nan,
-        "directional_accuracy": float(np.mean(np.sign(yhat - base) == np.sign(actual - base))),
+        "directional_accuracy": float(np.mean(hits[calls])) if calls.any() else math.nan,
+        "n_directional": int(calls.sum()),
         "coverage": float(frame["covered"].mean()),
         "mean_width": float(np.mean(width)),
     }

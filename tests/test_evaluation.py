@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import math
 
+import pandas as pd
 import pytest
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection, Engine
 
-from forecasting.evaluation import evaluate
+from forecasting.evaluation import evaluate, metrics
 from forecasting.schema import forecasts, model_checks, model_versions, pipeline_runs, prices
 
 D_BEFORE = dt.date(2023, 12, 29)
@@ -177,6 +178,7 @@ def test_metrics_match_the_hand_computed_case(engine: Engine) -> None:
     assert o["naive_rmse"] == pytest.approx(math.sqrt((1 + 1 + 0 + 4) / 4))
     assert o["rmse_ratio"] == pytest.approx(math.sqrt(3.69 / 4) / math.sqrt(6 / 4))
     assert o["directional_accuracy"] == pytest.approx(0.5)
+    assert o["n_directional"] == 4
     assert o["coverage"] == pytest.approx(0.75)
     assert o["mean_width"] == pytest.approx((1 + 1.5 + 3 + 4) / 4)
 
@@ -239,3 +241,27 @@ def test_text_and_frames(engine: Engine) -> None:
     assert frames["overall"].loc[0, "train_seconds"] == pytest.approx(15.5)
     assert len(frames["refits"]) == 2
     assert "no forecasts" in empty.to_text()
+
+
+def test_directional_accuracy_scores_only_forecasts_that_call_a_direction() -> None:
+    """A forecast equal to persistence calls no direction: it is left out of directional
+    accuracy instead of counting as a miss; with none calling one, the figure is NaN."""
+    base = [10.0, 10.0, 10.0, 10.0]
+    frame = pd.DataFrame(
+        {
+            "yhat": [10.5, 9.5, 10.0, 10.0],  # up, down, flat, flat
+            "actual": [11.0, 10.2, 9.0, 10.0],  # up (hit), up (miss), -, -
+            "base_close": base,
+            "yhat_lower": [9.0] * 4,
+            "yhat_upper": [11.0] * 4,
+            "covered": [1, 1, 1, 1],
+        }
+    )
+    frame["error"] = frame["yhat"] - frame["actual"]
+    frame["naive_error"] = frame["base_close"] - frame["actual"]
+    m = metrics(frame)
+    assert m["n_directional"] == 2
+    assert m["directional_accuracy"] == pytest.approx(0.5)
+    flat = metrics(frame.assign(yhat=base))
+    assert flat["n_directional"] == 0
+    assert math.isnan(flat["directional_accuracy"])

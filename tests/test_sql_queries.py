@@ -88,6 +88,7 @@ def test_forecast_accuracy_agrees_with_evaluate(engine: Engine) -> None:
     for r in rows:
         expected = lib.loc[r["horizon"]]
         assert r["n"] == expected["n"]
+        assert r["n_directional"] == expected["n_directional"]
         for col in (
             "rmse",
             "mae",

@@ -1,6 +1,7 @@
 -- Accuracy of the stored forecasts per horizon, against the realized closes (forecast_errors).
--- rmse_ratio < 1 beats naive persistence (tomorrow = today's close); directional_accuracy is
--- the share of forecasts whose direction from the as_of close matches the realized one;
+-- rmse_ratio < 1 beats naive persistence (tomorrow = today's close); directional_accuracy is,
+-- among the n_directional forecasts that move off the as_of close, the share whose direction
+-- matches the realized one (NULL when every forecast equals persistence);
 -- coverage is the share of closes inside the interval. `forecasting evaluate` prints the same
 -- numbers per ticker as well. Add e.g. WHERE as_of_date >= '2018-01-01' to restrict the range.
 -- SQLite needs its math functions for SQRT (3.35+, built into Python's sqlite3).
@@ -12,10 +13,12 @@ SELECT horizon,
        SQRT(AVG(naive_error * naive_error)) AS naive_rmse,
        SQRT(AVG(error * error)) / NULLIF(SQRT(AVG(naive_error * naive_error)), 0) AS rmse_ratio,
        AVG(CASE
+               WHEN ABS(yhat - base_close) <= 1e-9 * ABS(base_close) THEN NULL
                WHEN (yhat - base_close) * (actual - base_close) > 0 THEN 1.0
-               WHEN yhat = base_close AND actual = base_close THEN 1.0
                ELSE 0.0
            END) AS directional_accuracy,
+       SUM(CASE WHEN ABS(yhat - base_close) > 1e-9 * ABS(base_close) THEN 1 ELSE 0 END)
+           AS n_directional,
        AVG(covered * 1.0) AS coverage,
        AVG(yhat_upper - yhat_lower) AS mean_width
 FROM forecast_errors
