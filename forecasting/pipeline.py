@@ -738,16 +738,17 @@ def open_run(
                     "(use --rerun to recompute)"
                 ),
             )
-    # Under the lineage lock no other run of this lineage is in flight: anything staged by
-    # one is left over from a process that died before publishing or failing it.
+    # Rows staged by an earlier run of this lineage are left over from a process that died
+    # before publishing or failing it. On Postgres the lineage lock guarantees no other run of
+    # the lineage is in flight; SQLite takes no such lock, so there a run still marked running
+    # keeps its rows for a day.
+    pr = pipeline_runs.c
+    earlier = select(pr.run_id).where(pr.lineage == lineage)
+    if engine.dialect.name != "postgresql":
+        stale = runs.utcnow() - dt.timedelta(days=1)
+        earlier = earlier.where((pr.status != "running") | (pr.started_at < stale))
     with engine.begin() as conn:
-        conn.execute(
-            delete(forecast_staging).where(
-                forecast_staging.c.run_id.in_(
-                    select(pipeline_runs.c.run_id).where(pipeline_runs.c.lineage == lineage)
-                )
-            )
-        )
+        conn.execute(delete(forecast_staging).where(forecast_staging.c.run_id.in_(earlier)))
     return runs.start_run(engine, as_of, kind=kind, lineage=lineage, flow_run_id=flow_run_id)
 
 
