@@ -45,24 +45,13 @@ sys.path.insert(0, str(ROOT))
 from forecasting.db import init_db, make_engine  # noqa: E402
 from forecasting.ingest import ingest  # noqa: E402
 from forecasting.prices import price_summary  # noqa: E402
+from forecasting.sources.base import BAR_COLUMNS  # noqa: E402
 from forecasting.sources.files import FileSource  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ashare_qfq_panel"
 END = dt.date(2019, 1, 7)
 EARLIEST = dt.date(1990, 1, 1)
-COLUMNS = (
-    "ticker",
-    "trade_date",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "amount",
-    "adj_factor",
-    "source",
-    "ingested_at",
-)
+COLUMNS = (*BAR_COLUMNS, "source", "ingested_at")
 
 
 def _timed(fn: Callable[[], T]) -> tuple[float, T]:

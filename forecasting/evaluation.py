@@ -36,6 +36,8 @@ from sqlalchemy import Boolean, Date, bindparam, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import TextClause
 
+from forecasting.schema import FORECAST_ERROR_COLUMNS
+
 METRIC_COLUMNS = (
     "n",
     "rmse",
@@ -55,14 +57,8 @@ _ERROR_COLUMNS = (
 )
 
 # forecast_errors, restricted to one lineage before "newest per key" is applied.
-_LINEAGE_ERRORS = """
-SELECT f.ticker, f.as_of_date, f.target_date, f.horizon, f.model_version_id, f.run_id,
-       f.yhat, f.yhat_lower, f.yhat_upper, f.base_close,
-       p.close AS actual,
-       f.yhat - p.close AS error,
-       f.base_close - p.close AS naive_error,
-       CASE WHEN p.close >= f.yhat_lower AND p.close <= f.yhat_upper THEN 1 ELSE 0 END
-           AS covered
+_LINEAGE_ERRORS = f"""
+{FORECAST_ERROR_COLUMNS}
 FROM (
     SELECT f.*, ROW_NUMBER() OVER (
         PARTITION BY f.ticker, f.as_of_date, f.horizon

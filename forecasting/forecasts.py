@@ -136,13 +136,9 @@ def staged_rows(conn: Connection, run_id: str) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
-def clear_staging(conn: Connection, run_ids: Sequence[str]) -> None:
-    """Drop what the given runs staged (after publishing, on failure, or for runs that died)."""
-    ids = list(run_ids)
-    for i in range(0, len(ids), 500):
-        conn.execute(
-            delete(forecast_staging).where(forecast_staging.c.run_id.in_(ids[i : i + 500]))
-        )
+def clear_staging(conn: Connection, run_id: str) -> None:
+    """Drop what ``run_id`` staged (after publishing it, or when it failed)."""
+    conn.execute(delete(forecast_staging).where(forecast_staging.c.run_id == run_id))
 
 
 def next_day_forecasts(

@@ -40,15 +40,7 @@ from forecasting.sources.base import BAR_COLUMNS, PriceSource, Security, SourceE
 
 log = logging.getLogger(__name__)
 
-VALUE_COLUMNS: tuple[str, ...] = (
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "amount",
-    "adj_factor",
-)
+VALUE_COLUMNS: tuple[str, ...] = BAR_COLUMNS[2:]  # a bar's values, after ticker and trade_date
 
 # Prices are stored as 8-byte floats on both backends, so a value read back equals the value
 # written; any difference beyond rounding noise is a real correction from the source.

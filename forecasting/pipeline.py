@@ -681,7 +681,7 @@ def write(
                 )
             rows += staged
         result = write_forecasts(conn, run_id, rows)
-        clear_staging(conn, [run_id])
+        clear_staging(conn, run_id)
         actions = [o.action for o in outcomes]
         runs.finish_run(
             conn,
@@ -708,7 +708,7 @@ def write(
 
 def fail_run(engine: Engine, run_id: str, error: BaseException) -> None:
     with engine.begin() as conn:
-        clear_staging(conn, [run_id])
+        clear_staging(conn, run_id)
         runs.finish_run(conn, run_id, status="failed", error=f"{type(error).__name__}: {error}")
 
 

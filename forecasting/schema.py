@@ -216,6 +216,18 @@ forecast_staging = Table(
     ),
 )
 
+# The select list of forecast_errors over forecasts ``f`` joined to the realized close ``p``;
+# forecasting.evaluation reuses it for its per-lineage variant of the view.
+FORECAST_ERROR_COLUMNS = """
+SELECT f.ticker, f.as_of_date, f.target_date, f.horizon, f.model_version_id, f.run_id,
+       f.yhat, f.yhat_lower, f.yhat_upper, f.base_close,
+       p.close AS actual,
+       f.yhat - p.close AS error,
+       f.base_close - p.close AS naive_error,
+       CASE WHEN p.close >= f.yhat_lower AND p.close <= f.yhat_upper THEN 1 ELSE 0 END
+           AS covered
+""".strip()
+
 # Views are written once in SQL that SQLite and Postgres both accept.
 VIEWS: dict[str, str] = {
     "latest_forecasts": """
@@ -231,15 +243,9 @@ FROM (
 ) ranked
 WHERE rn = 1
 """.strip(),
-    "forecast_errors": """
+    "forecast_errors": f"""
 CREATE VIEW forecast_errors AS
-SELECT f.ticker, f.as_of_date, f.target_date, f.horizon, f.model_version_id, f.run_id,
-       f.yhat, f.yhat_lower, f.yhat_upper, f.base_close,
-       p.close AS actual,
-       f.yhat - p.close AS error,
-       f.base_close - p.close AS naive_error,
-       CASE WHEN p.close >= f.yhat_lower AND p.close <= f.yhat_upper THEN 1 ELSE 0 END
-           AS covered
+{FORECAST_ERROR_COLUMNS}
 FROM latest_forecasts f
 JOIN prices p ON p.ticker = f.ticker AND p.trade_date = f.target_date
 """.strip(),
