@@ -153,7 +153,6 @@ def check_scope(
             last = registry.latest_attempt(conn, scope)
             if last is not None and last.trained_through > info.trained_through:
                 revalidated = last.trained_through
-        if info is not None:
             model = registry.load_model(conn, info.id)
             evidence_after = revalidated or info.trained_through
             start = _lookback_start(
