@@ -5,9 +5,6 @@ each as a task so that progress is visible in the Prefect UI; a day already comp
 lineage returns at once, so rerunning a killed backfill resumes it. Tasks exchange plain
 dataclasses, never torch objects; caching is off and results are not persisted, because every
 input lives in the database.
-
-Also here: :func:`link_latest_report`, which the daily flow calls to link the newest HTML
-report as a Prefect artifact.
 """
 
 from __future__ import annotations
@@ -15,23 +12,27 @@ from __future__ import annotations
 import datetime as dt
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import engine_for, parse_date, settings
+from flows.common import FlowDate, engine_for, parse_date, settings
 from forecasting import backfill as bf
-from forecasting.report import latest_report
 from forecasting.settings import Settings
 
 
-@task(cache_policy=NO_CACHE, persist_result=False)
+@task(name="plan", task_run_name="plan", cache_policy=NO_CACHE, persist_result=False)
 def plan_task(
     s: Settings, start: dt.date, end: dt.date, tickers: list[str] | None
 ) -> tuple[list[dt.date], list[dt.date]]:
     return bf.plan(engine_for(s.database_url), s, start, end, tickers)
 
 
-@task(task_run_name="backfill-{as_of}", cache_policy=NO_CACHE, persist_result=False)
+@task(
+    name="backfill-day",
+    task_run_name="backfill-{as_of}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
 def day_task(
     s: Settings,
     as_of: dt.date,
@@ -52,29 +53,33 @@ def day_task(
 
 @flow(name="backfill", log_prints=True)
 def backfill(
-    start: str,
-    end: str,
+    start: FlowDate,
+    end: FlowDate,
     tickers: list[str] | None = None,
-    lineage: str | None = None,
     retrain_every: int | None = None,
-    progress: bool = False,
 ) -> bf.BackfillResult:
-    """Run the daily pipeline as of every trading day in ``[start, end]``, point-in-time, in a
-    lineage of its own (default ``backfill:<start>:<end>``); skip days already complete.
+    """Run the daily pipeline as of every trading day from start to end, point-in-time, in a
+    lineage of its own (``backfill:<start>:<end>``); days already complete are skipped, so a
+    rerun resumes a stopped backfill.
 
-    ``retrain_every=N`` adds a calendar policy (full retrain every N trading days);
-    ``progress`` shows a tqdm bar as well (the CLI sets it on a terminal).
+    Args:
+        start: First as-of date, YYYY-MM-DD (or YYYYMMDD).
+        end: Last as-of date, YYYY-MM-DD (or YYYYMMDD), on or after start.
+        tickers: Restrict to these tickers, e.g. ["000063.SZ", "000333.SZ"] (default: the
+            configured universe, else every ticker with prices).
+        retrain_every: Also retrain from scratch every N trading days (a calendar policy, for
+            comparison with the drift check); a lineage of its own.
     """
     log = get_run_logger()
     s = settings()
     first, last = parse_date(start), parse_date(end)
     if first is None or last is None:
         raise ValueError(f"backfill needs start and end dates, got {start!r} and {end!r}")
-    lineage = lineage or bf.lineage_for(first, last, retrain_every=retrain_every)
+    lineage = bf.lineage_for(first, last, retrain_every=retrain_every)
     names = list(tickers) if tickers else None
     days, gaps = plan_task(s, first, last, names)
     result = bf.BackfillResult(lineage, first, last, missing=gaps)
-    bar = bf.progress_bar(len(days), progress, lineage)
+    bar = bf.progress_bar(len(days), None, lineage)  # on a terminal only (the CLI's)
     try:
         for i, as_of in enumerate(days, start=1):
             day = day_task(s, as_of, lineage, names, retrain_every)
@@ -106,19 +111,3 @@ def _markdown(result: bf.BackfillResult) -> str:
             f"| {d.n_forecast_rows} | {d.n_skipped} | {d.train_seconds:.1f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def link_latest_report(s: Settings, out_dir: str | None = None) -> str | None:
-    """Publish a link artifact to the newest report's ``index.html`` (``report_dir`` of the
-    settings), if one has been written; returns the link. Call from inside a flow or task."""
-    path = latest_report(out_dir or s.report_dir)
-    if path is None:
-        return None
-    link = path.resolve().as_uri()
-    create_link_artifact(
-        key="latest-report",
-        link=link,
-        link_text="Forecast report",
-        description=f"Latest forecast report ({path})",
-    )
-    return link

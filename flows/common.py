@@ -4,12 +4,17 @@ task runner chosen in settings (thread pool by default, Dask on request)."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
+from prefect.context import get_run_context
+from prefect.exceptions import MissingContextError
+from prefect.logging.handlers import APILogHandler
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from pydantic import BeforeValidator, WithJsonSchema
 from sqlalchemy.engine import Engine
 
 from forecasting.db import init_db, make_engine
@@ -98,11 +103,76 @@ class SettingsTaskRunner(TaskRunner[Any]):
         )
 
 
-def parse_date(value: str | dt.date | None) -> dt.date | None:
+DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d")
+
+
+def parse_date(value: str | int | dt.date | None) -> dt.date | None:
+    """A date in the formats the CLI takes: ``YYYY-MM-DD`` or ``YYYYMMDD`` (also as the number
+    that ``prefect deployment run -p start=20181203`` sends, since ``-p`` reads JSON)."""
     if value is None or value == "":
         return None
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
         return value
-    return dt.date.fromisoformat(str(value))
+    text = str(value).strip()
+    for fmt in DATE_FORMATS:
+        try:
+            return dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    raise ValueError(f"{value!r} is not a date; write it as YYYY-MM-DD (or YYYYMMDD)")
+
+
+#: A flow parameter that is a date: the run form shows a date picker; the server accepts
+#: ``2018-12-03``, ``"20181203"`` and ``20181203`` and refuses anything else when the run is
+#: created (``-p as_of=2018/12/05`` never starts a run that would then fail).
+FlowDate = Annotated[
+    dt.date,
+    BeforeValidator(parse_date),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                # Prefect's server checks patterns, not formats: the pattern is what refuses
+                # 2018/12/05; the format gives the run form its date picker.
+                {"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
+                {
+                    "type": "string",
+                    "pattern": r"^(19|20)\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])$",
+                },
+                {"type": "integer", "minimum": 19000101, "maximum": 20991231},
+            ]
+        }
+    ),
+]
+
+
+class _InRunOnly(logging.Filter):
+    """Pass a record to the Prefect API only inside a flow or task run (elsewhere the API
+    handler would warn about the missing run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            get_run_context()
+        except MissingContextError:
+            return False
+        return True
+
+
+def forward_library_logs(name: str = "forecasting") -> None:
+    """Send the library's log lines (ingest summary, check numbers, the decision and its
+    reason, training epochs and losses, forecast counts) to the Prefect API, so that the run
+    page of a served or worker run shows them beside the flow's own. Idempotent; the library
+    logs at INFO unless someone configured it already."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+        handler = APILogHandler()
+        handler.addFilter(_InRunOnly())
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
+# Every process that runs a flow or task imports this module first (the worker's engine process,
+# `forecasting serve`'s subprocesses, Dask workers unpickling a task).
+forward_library_logs()

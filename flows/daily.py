@@ -20,8 +20,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from flows.backfill import link_latest_report
-from flows.common import SettingsTaskRunner, engine_for, parse_date, settings, task_runner
+from flows.common import (
+    FlowDate,
+    SettingsTaskRunner,
+    engine_for,
+    settings,
+    task_runner,
+)
 from flows.ingest import ingest_sharded
 from forecasting import pipeline
 from forecasting.calendar import TradingCalendar
@@ -32,12 +37,12 @@ from forecasting.settings import Settings
 TASK_OPTS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
-@task(**TASK_OPTS)
+@task(name="resolve-as-of", task_run_name="resolve-as-of", **TASK_OPTS)
 def resolve_as_of_task(s: Settings, today: dt.date, tickers: list[str] | None) -> dt.date | None:
     return pipeline.resolve_as_of(engine_for(s.database_url), today, tickers)
 
 
-@task(**TASK_OPTS)
+@task(name="check", task_run_name="check-{scope}", **TASK_OPTS)
 def check_task(
     s: Settings, as_of: dt.date, scope: str, tickers: list[str], force_retrain: bool
 ) -> pipeline.ScopeCheck:
@@ -46,27 +51,47 @@ def check_task(
     )
 
 
-@task(**TASK_OPTS)
+@task(name="refit", task_run_name="refit-{scope}", **TASK_OPTS)
 def refit_task(
-    s: Settings, as_of: dt.date, check: pipeline.ScopeCheck, run_id: str
+    s: Settings, as_of: dt.date, scope: str, check: pipeline.ScopeCheck, run_id: str
 ) -> pipeline.ScopeOutcome:
-    """Compute task: no retries (a failed training is a bug or bad data, not a network blip)."""
+    """Apply the check's decision to ``scope``: keep, fine-tune or retrain (and record it).
+    Compute task: no retries (a failed training is a bug or bad data, not a network blip)."""
     return pipeline.apply_decision(engine_for(s.database_url), s, as_of, check, run_id=run_id)
 
 
-@task(retries=2, retry_delay_seconds=5, **TASK_OPTS)
+@task(
+    name="forecast-shard",
+    task_run_name="forecast-shard-{shard}",
+    retries=2,
+    retry_delay_seconds=5,
+    **TASK_OPTS,
+)
 def forecast_task(
-    s: Settings, as_of: dt.date, units: dict[str, list[str]], run_id: str, lineage: str
+    s: Settings,
+    as_of: dt.date,
+    units: dict[str, list[str]],
+    run_id: str,
+    lineage: str,
+    shard: int,
 ) -> pipeline.ForecastBatch:
     """Forecast one shard and stage its rows in the database; returns counts and skips, not
     rows. Retried like the other database writers: a retry re-stages the same tickers, and the
     forward pass it repeats is deterministic and cheap next to training."""
-    return pipeline.forecast_shard(
+    batch = pipeline.forecast_shard(
         engine_for(s.database_url), s, as_of, units, run_id, lineage=lineage
     )
+    get_run_logger().info(
+        "shard %d: %d tickers forecast, %d rows staged, %d skipped",
+        shard,
+        len(batch.tickers),
+        batch.n_staged,
+        len(batch.skipped),
+    )
+    return batch
 
 
-@task(retries=2, retry_delay_seconds=5, **TASK_OPTS)
+@task(name="publish", task_run_name="publish", retries=2, retry_delay_seconds=5, **TASK_OPTS)
 def write_task(
     s: Settings,
     run_id: str,
@@ -77,7 +102,7 @@ def write_task(
     return pipeline.write(engine_for(s.database_url), run_id, batch, outcomes)
 
 
-@task(**TASK_OPTS)
+@task(name="summary", task_run_name="summary", **TASK_OPTS)
 def summary_task(s: Settings, summary: pipeline.RunSummary) -> str:
     md = summary.markdown()
     create_markdown_artifact(key="daily-summary", markdown=md, description="Daily forecast run")
@@ -90,7 +115,6 @@ def summary_task(s: Settings, summary: pipeline.RunSummary) -> str:
             ],
             description=f"Next-day forecasts as of {summary.as_of}",
         )
-    link_latest_report(s)
     return md
 
 
@@ -120,21 +144,32 @@ def _today() -> dt.date:
 
 @flow(name="daily", log_prints=True, task_runner=SettingsTaskRunner())
 def daily(
-    as_of: str | None = None,
+    as_of: FlowDate | None = None,
     force_retrain: bool = False,
     rerun: bool = False,
     tickers: Sequence[str] | None = None,
     ingest: bool = True,
-    lineage: str = "live",
     shard_size: int = 250,
 ) -> pipeline.RunSummary:
-    """Forecast the next H trading days for every eligible ticker, as of ``as_of`` (default:
-    the latest trading day with prices on or before today in Asia/Shanghai — under a
-    deployment, today is the scheduled date)."""
+    """Forecast the next H trading days for every eligible ticker and write them to the
+    forecasts table, after ingesting the day's prices and checking the model for drift.
+
+    Args:
+        as_of: The trading day to forecast from, YYYY-MM-DD (or YYYYMMDD). Default: the latest
+            trading day with prices on or before today in Asia/Shanghai (under the schedule,
+            the scheduled date); on a day the exchange is closed the run records that and stops.
+        force_retrain: Retrain the model from scratch whatever the drift check says.
+        rerun: Recompute a day that is already complete (otherwise a rerun writes nothing).
+        tickers: Restrict to these tickers, e.g. ["600519.SH"] (default: the configured
+            universe, else every ticker with prices).
+        ingest: Ingest new prices from the configured source first.
+        shard_size: Tickers per forecast task (the unit that spreads over Dask workers).
+    """
     log = get_run_logger()
     s = settings()
     engine = engine_for(s.database_url)
-    explicit = parse_date(as_of)
+    lineage = "live"
+    explicit = as_of
     today = explicit or _today()
     if explicit is None:
         with engine.connect() as conn:
@@ -177,17 +212,22 @@ def daily(
         run_id = opened
         try:
             units = pipeline.scope_units(s, names)
+            scopes = [pipeline.scope_name(lineage, u) for u in units]
             checks = [
-                check_task.submit(s, resolved, pipeline.scope_name(lineage, u), t, force_retrain)
-                for u, t in units.items()
+                check_task.submit(s, resolved, scope, t, force_retrain)
+                for scope, t in zip(scopes, units.values(), strict=True)
             ]
-            # Passing a future makes the refit wait for its check; Prefect's stubs don't model it.
-            outcomes = [
-                refit_task.submit(s, resolved, c, run_id)  # type: ignore[call-overload]
-                for c in checks
+            # Each check's value, not its future, goes to its refit: a failed check then raises
+            # its own error here, instead of leaving the refit pending ("UnfinishedRun").
+            refits = [
+                refit_task.submit(s, resolved, scope, c.result(), run_id)
+                for scope, c in zip(scopes, checks, strict=True)
             ]
-            outcome_values = [o.result() for o in outcomes]
-            parts = forecast_task.map(s, resolved, shards(units, shard_size), run_id, lineage)
+            outcome_values = [o.result() for o in refits]
+            parts_in = shards(units, shard_size)
+            parts = forecast_task.map(
+                s, resolved, parts_in, run_id, lineage, range(1, len(parts_in) + 1)
+            )
             batch = pipeline.ForecastBatch(resolved)
             for part in parts.result():
                 batch = batch.merge(part)

@@ -449,7 +449,7 @@ def load_trade_cal(
         return 0, 0
     key = calendar_exchange(exchange)
     tc = trading_calendar.c
-    stored = dict(
+    stored: dict[dt.date, bool] = dict(
         conn.execute(
             select(tc.cal_date, tc.is_open).where(
                 and_(
@@ -458,7 +458,7 @@ def load_trade_cal(
                     tc.cal_date <= rows["cal_date"].iloc[-1],
                 )
             )
-        ).all()
+        ).tuples()
     )
     new, changed = [], []
     for d, is_open in zip(rows["cal_date"], rows["is_open"], strict=True):

@@ -427,6 +427,13 @@ def _train(
     best_state = copy.deepcopy(net.state_dict())
     best = val_loss()
     history.append({"epoch": 0, "train_loss": math.nan, "val_loss": best, "lr": lr})
+    log.info(
+        "training on %d windows (%d for validation), up to %d epochs; starting val loss %.5f",
+        len(tidx),
+        len(vidx),
+        epochs,
+        best,
+    )
     bad = 0
     bar = None
     if _use_tqdm(progress) and epochs > 0:

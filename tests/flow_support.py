@@ -62,9 +62,22 @@ def use_database(
     """Point the flows at ``url`` with tiny model settings and the csv source, and ingest the
     five tickers' prices up to ``through``. Returns the price folder."""
     folder = price_folder(shared_data, tmp_path)
-    for key in ("FORECASTING_CONFIG", "FORECASTING_TICKERS", "TUSHARE_TOKEN"):
+    for key in UNSET:
         monkeypatch.delenv(key, raising=False)
-    env = {
+    for key, value in flow_env(url, folder, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    ingest_through(url, folder, through)
+    return folder
+
+
+#: Variables that must not reach a flow under test from the developer's shell.
+UNSET = ("FORECASTING_CONFIG", "FORECASTING_TICKERS", "TUSHARE_TOKEN")
+
+
+def flow_env(url: str, folder: Path, tmp_path: Path) -> dict[str, str]:
+    """The environment a flow run reads its settings from: ``url``, the csv source on
+    ``folder``, tiny model settings, files under ``tmp_path``."""
+    return {
         **TINY_MODEL,
         "FORECASTING_DATABASE_URL": url,
         "FORECASTING_SOURCE": "csv",
@@ -73,11 +86,12 @@ def use_database(
         "FORECASTING_MODEL_DIR": str(tmp_path / "models"),
         "FORECASTING_REPORT_DIR": str(tmp_path / "reports"),
     }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+
+
+def ingest_through(url: str, folder: Path, through: dt.date) -> None:
+    """Load the folder's prices up to ``through`` into ``url``."""
     report = ingest(engine_for(url), make_source("csv", path=folder), end=through, progress=False)
     assert report.status == "success", report.summary()
-    return folder
 
 
 def forecast_rows(url: str, digits: int = 4) -> list[tuple[Any, ...]]:

@@ -354,7 +354,7 @@ def test_backfill_and_daily_run_at_once_write_what_they_write_one_after_the_othe
 
 
 @pytest.mark.prefect
-def test_backfill_flow_runs_each_day_as_a_task_and_links_the_report(
+def test_backfill_flow_runs_each_day_as_a_task_and_publishes_its_summary(
     prefect_harness: None,
     sqlite_url: str,
     shared_data: Path,
@@ -362,13 +362,11 @@ def test_backfill_flow_runs_each_day_as_a_task_and_links_the_report(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The Prefect flow replays each day as a task run (named after the day), returns the
-    plain result, resumes as a no-op, and the daily flow's report link points at index.html."""
-    from prefect import flow
+    plain result, resumes as a no-op, takes dates as YYYYMMDD too, and publishes a summary
+    artifact with a row per day."""
     from prefect.client.orchestration import get_client
 
     from flows.backfill import backfill as backfill_flow
-    from flows.backfill import link_latest_report
-    from flows.common import settings
 
     env = {
         "FORECASTING_DATABASE_URL": sqlite_url,
@@ -394,26 +392,16 @@ def test_backfill_flow_runs_each_day_as_a_task_and_links_the_report(
     fresh(sqlite_url, shared_data).dispose()
     first = backfill_flow(start="2018-10-15", end="2018-10-17")
     assert first.completed == 3 and first.lineage == "backfill:2018-10-15:2018-10-17"
-    again = backfill_flow(start="2018-10-15", end="2018-10-17")
+    again = backfill_flow(start="20181015", end=20181017)  # type: ignore[arg-type]
     assert again.already_complete == 3 and again.completed == 0
     engine = make_engine(sqlite_url)
     assert {r[1] for r in forecast_rows(engine)} == {START, dt.date(2018, 10, 16), SPIKE_AFTER}
 
-    @flow
-    def link() -> str | None:
-        return link_latest_report(settings())
-
-    assert link() is None  # no report written yet: no link
-    # What `forecasting report` leaves behind (rendering is tested in test_report.py).
-    index = tmp_path / "reports" / "index.html"
-    index.parent.mkdir()
-    index.write_text("<html></html>", encoding="utf-8")
-    assert link() == index.resolve().as_uri()
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs()
         artifacts = client.read_artifacts()
     names = {r.name for r in runs}
     assert {"backfill-2018-10-15", "backfill-2018-10-16", "backfill-2018-10-17"} <= names
-    links = [a.data for a in artifacts if a.key == "latest-report"]
-    assert links and all(index.resolve().as_uri() in str(d) for d in links)
+    summaries = [str(a.data) for a in artifacts if a.key == "backfill-summary"]
+    assert any("| 2018-10-17 | already-complete |" in md for md in summaries), summaries
     engine.dispose()

@@ -100,3 +100,33 @@ def test_daily_forecasts_every_eligible_ticker_then_a_rerun_writes_nothing(
     with engine_for(db_url).connect() as conn:
         assert conn.execute(select(func.count()).select_from(pipeline_runs)).scalar() == 1
     assert "already completed" in str(_artifacts(second_run_id)["daily-summary"].data)
+
+
+def test_a_failed_task_s_own_error_is_what_the_run_records_and_shows(
+    sqlite_url: str, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the drift check fails (here: the active model's checkpoint file is gone, as when
+    a shared model folder is not mounted), the run row and the flow run's state carry that
+    error and its fix, not Prefect's "UnfinishedRun" of the refit that could not start; nothing
+    is written."""
+    use_database(monkeypatch, sqlite_url, shared_data, tmp_path)
+    monkeypatch.setenv("FORECASTING_CHECKPOINT_STORE", "files")
+    _run(as_of=AS_OF.isoformat(), ingest=False)
+    for checkpoint in (tmp_path / "models").rglob("*.pt"):
+        checkpoint.unlink()
+    before = forecast_rows(sqlite_url)
+
+    state = daily(as_of=AS_OF.isoformat(), ingest=False, rerun=True, return_state=True)  # type: ignore[call-overload]
+
+    assert state.is_failed()
+    with engine_for(sqlite_url).connect() as conn:
+        failed = conn.execute(
+            select(pipeline_runs.c.status, pipeline_runs.c.error).order_by(
+                pipeline_runs.c.started_at.desc()
+            )
+        ).first()
+    assert failed is not None and failed.status == "failed"
+    assert failed.error.startswith("CheckpointError: model version 1"), failed.error
+    assert "UnfinishedRun" not in failed.error
+    assert "CheckpointError" in (state.message or "") or "checkpoint" in (state.message or "")
+    assert forecast_rows(sqlite_url) == before
