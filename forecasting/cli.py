@@ -10,13 +10,19 @@ import datetime as dt
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from forecasting.calendar import CalendarError
 from forecasting.registry import CheckpointError, RegistryError
 from forecasting.settings import Settings, SettingsError, load_settings
 from forecasting.sources.base import SourceError
+
+if TYPE_CHECKING:
+    from forecasting.calendar import TradingCalendar
+
+#: What ``main`` asks for the current time; tests and replays pass their own.
+Clock = Callable[[], dt.datetime]
 
 SQL_HINT = """\
 Read the forecasts with SQL, e.g. (sqlite3 {db} or psql):
@@ -69,6 +75,47 @@ def _engine(s: Settings):
     return engine
 
 
+def real_clock() -> dt.datetime:
+    """The wall clock, timezone-aware (UTC)."""
+    return dt.datetime.now(dt.UTC)
+
+
+def _today(args: argparse.Namespace) -> dt.date:
+    """Today's date in Asia/Shanghai by the clock ``main`` was given."""
+    from forecasting.pipeline import shanghai_today
+
+    clock: Clock = args.clock
+    return shanghai_today(clock())
+
+
+def last_trading_day(cal: TradingCalendar, today: dt.date) -> tuple[dt.date, str | None]:
+    """``today`` if the exchange trades on it, else the trading day before it, and a line for
+    people saying which it took; the line also owns up when the calendar for ``today`` is the
+    weekday-only fallback, which knows no holidays."""
+    as_of, note = today, None
+    if not cal.is_trading_day(today):
+        as_of = cal.previous_trading_day(today)
+        note = (
+            f"{today:%A} {today} is not a trading day; "
+            f"forecasting as of {as_of:%A} {as_of}, the last trading day"
+        )
+    if cal.source_for(today) == "weekdays":
+        past = next(
+            (
+                r.start - dt.timedelta(days=1)
+                for r in cal.coverage()
+                if r.source == "weekdays" and r.start is not None and r.start <= today
+                if r.end is None or today <= r.end
+            ),
+            None,
+        )
+        where = f"past {past}" if past else f"on {today}"
+        note = (note or f"forecasting as of {as_of:%A} {as_of}") + (
+            f" (the {cal.exchange} calendar {where} is weekdays only: holidays there are unknown)"
+        )
+    return as_of, note
+
+
 # ------------------------------------------------------------------------------------------
 # Commands
 
@@ -96,7 +143,7 @@ def cmd_ingest(args: argparse.Namespace, s: Settings) -> int:
         source,
         tickers=_tickers(args.tickers) or (list(s.tickers) or None),
         start=args.start,
-        end=args.end,
+        end=args.end or _today(args),
         history_start=dt.date.fromisoformat(s.history_start),
         progress=None,
     )
@@ -128,7 +175,7 @@ def cmd_calendar(args: argparse.Namespace, s: Settings) -> int:
         cal = TradingCalendar.load(conn, exchange=s.exchange)
     print(f"exchange {s.exchange}; where dates come from:")
     print(cal.coverage())
-    start = args.date or dt.date.today()
+    start = args.date or _today(args)
     print(f"\nnext {args.n} trading days after {start}:")
     for d, src in target_dates(cal, start, args.n):
         print(f"  {d}  ({src})")
@@ -217,50 +264,77 @@ def _run_daily(s: Settings, **params: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace, s: Settings) -> int:
-    params = dict(
-        as_of=args.as_of.isoformat() if args.as_of else None,
-        force_retrain=args.force_retrain,
-        rerun=args.rerun,
-        tickers=_tickers(args.tickers),
-        ingest=not args.no_ingest,
-    )
-    if args.no_prefect:
-        from forecasting.pipeline import run_pipeline
+    from forecasting.pipeline import RunSummary, run_pipeline
 
+    today = _today(args)
+    tickers = _tickers(args.tickers)
+    if args.no_prefect:
         summary = run_pipeline(
             _engine(s),
             s,
             args.as_of,
+            today=today,
             force_retrain=args.force_retrain,
             rerun=args.rerun,
-            tickers=params["tickers"],
+            tickers=tickers,
         )
     else:
-        summary = _run_daily(s, **params)
+        as_of = args.as_of
+        if as_of is None:
+            # Given no as_of the flow would read the wall clock; it is given today instead
+            # (it resolves that to the latest day with prices), so the same check it would
+            # make on a closed day is made here, with this command's clock.
+            from forecasting.calendar import TradingCalendar
+
+            with _engine(s).connect() as conn:
+                cal = TradingCalendar.load(conn, exchange=s.exchange)
+            if not cal.is_trading_day(today):
+                message = f"{today} is not a trading day; nothing to do"
+                _print_summary(
+                    RunSummary(None, None, "live", "not-a-trading-day", message=message), s
+                )
+                return 0
+            as_of = today
+        summary = _run_daily(
+            s,
+            as_of=as_of.isoformat(),
+            force_retrain=args.force_retrain,
+            rerun=args.rerun,
+            tickers=tickers,
+            ingest=not args.no_ingest,
+        )
     _print_summary(summary, s)
     return 0 if summary.status in ("success", "already-complete", "not-a-trading-day") else 1
 
 
 def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
+    from forecasting.calendar import TradingCalendar
     from forecasting.ingest import ingest
-    from forecasting.pipeline import shanghai_today
     from forecasting.sources import make_source
 
     s = s.with_overrides(source="demo")
     engine = _engine(s)
+    today = _today(args)
     print(f"[1/3] ingesting the demo market into {s.database_url} ...", flush=True)
     report = ingest(
         engine,
         make_source("demo"),
-        end=shanghai_today(),
+        end=today,
         history_start=dt.date.fromisoformat(s.history_start),
     )
     print("      " + report.summary().replace("\n", "\n      "))
+    # The demo runs every day: on a closed day it forecasts as of the last trading day, where
+    # the daily flow (which runs on trading days) would have nothing to do.
+    with engine.connect() as conn:
+        cal = TradingCalendar.load(conn, exchange=s.exchange)
+    as_of, note = last_trading_day(cal, today)
+    if note:
+        print("      " + note)
     print(
         "[2/3] running the daily flow (Prefect): check -> train -> forecast -> write ...",
         flush=True,
     )
-    summary = _run_daily(s, ingest=False)
+    summary = _run_daily(s, as_of=as_of.isoformat(), ingest=False)
     print("[3/3] done.\n")
     _print_summary(summary, s)
     return 0 if summary.status in ("success", "already-complete") else 1
@@ -269,8 +343,12 @@ def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
 def cmd_backfill(args: argparse.Namespace, s: Settings) -> int:
     from flows.backfill import backfill
 
-    # The flow shows a progress bar itself when stderr is a terminal.
-    result = backfill(start=args.start, end=args.end, tickers=_tickers(args.tickers))
+    result = backfill(
+        start=args.start.isoformat(),
+        end=args.end.isoformat(),
+        tickers=_tickers(args.tickers),
+        progress=sys.stderr.isatty(),
+    )
     print(result if isinstance(result, str) else getattr(result, "message", result))
     return 0
 
@@ -403,19 +481,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, clock: Clock = real_clock) -> int:
+    """Run one command; ``clock`` tells the commands that default to today what time it is."""
     args = build_parser().parse_args(argv)
+    args.clock = clock
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Our own progress at INFO; third-party chatter (httpx, the Prefect server) stays quiet.
     logging.getLogger("forecasting").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    # Quiet Prefect in the terminal; but served runs are read in the UI, and they inherit this
-    # process's environment, so `serve` keeps Prefect's INFO lines.
     for name, value in (
         ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-        ("PREFECT_LOGGING_LEVEL", "INFO" if args.command == "serve" else "WARNING"),
+        ("PREFECT_LOGGING_LEVEL", "WARNING"),
         ("PREFECT_LOGGING_LOG_PRINTS", "true"),
     ):
         os.environ.setdefault(name, value)
