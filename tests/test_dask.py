@@ -84,8 +84,8 @@ def test_dask_workers_write_the_same_forecasts_as_the_thread_pool(
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
-    forecast_runs = [r for r in runs if r.name.startswith("forecast_task")]
-    assert len(forecast_runs) == 2
+    forecast_runs = [r for r in runs if r.name.startswith("forecast-shard-")]
+    assert sorted(r.name for r in forecast_runs) == ["forecast-shard-1", "forecast-shard-2"]
     assert all(r.state is not None and r.state.is_completed() for r in forecast_runs)
 
 
