@@ -501,6 +501,12 @@ def main(argv: Sequence[str] | None = None, clock: Clock = real_clock) -> int:
         os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         settings = load_settings()
+        if args.command in ("demo", "backfill") or (args.command == "run" and not args.no_prefect):
+            # A temporary Prefect server for the flows, that dies with this process however it ends.
+            from flows.local_server import local_prefect_server
+
+            with local_prefect_server():
+                return int(args.func(args, settings) or 0)
         return int(args.func(args, settings) or 0)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
