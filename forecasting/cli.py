@@ -343,12 +343,8 @@ def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
 def cmd_backfill(args: argparse.Namespace, s: Settings) -> int:
     from flows.backfill import backfill
 
-    result = backfill(
-        start=args.start.isoformat(),
-        end=args.end.isoformat(),
-        tickers=_tickers(args.tickers),
-        progress=sys.stderr.isatty(),
-    )
+    # The flow shows a progress bar itself when stderr is a terminal.
+    result = backfill(start=args.start, end=args.end, tickers=_tickers(args.tickers))
     print(result if isinstance(result, str) else getattr(result, "message", result))
     return 0
 
@@ -491,9 +487,11 @@ def main(argv: Sequence[str] | None = None, clock: Clock = real_clock) -> int:
     )
     # Our own progress at INFO; third-party chatter (httpx, the Prefect server) stays quiet.
     logging.getLogger("forecasting").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # Quiet Prefect in the terminal; but served runs are read in the UI, and they inherit this
+    # process's environment, so `serve` keeps Prefect's INFO lines.
     for name, value in (
         ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-        ("PREFECT_LOGGING_LEVEL", "WARNING"),
+        ("PREFECT_LOGGING_LEVEL", "INFO" if args.command == "serve" else "WARNING"),
         ("PREFECT_LOGGING_LOG_PRINTS", "true"),
     ):
         os.environ.setdefault(name, value)
