@@ -51,7 +51,7 @@ lock:
 	rm -rf .lock-venv
 
 ddl: install
-	$(BIN)/python -m forecasting.schema
+	$(BIN)/python -m forecasting.data.schema
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

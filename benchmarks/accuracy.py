@@ -10,12 +10,12 @@ stale. Series are therefore grouped by end date (within ``--group-gap`` calendar
 group's test window is the last 250 days of its members' combined trading calendar, each
 member's origins are its own trading days in that window (a suspended stock simply has fewer),
 and horizon ``h`` counts the origins whose ``h``-th next trading day exists. Each group gets
-ONE global model (:func:`forecasting.training.fit` on *all* series, each cut at the cutoff),
+ONE global model (:func:`forecasting.model.training.fit` on *all* series, each cut at the cutoff),
 trained through the day before the group's window. With the shared data that is two models:
 through 2017-12 for the panel stocks, through 2021-12 for the indices. ``--split common``
 instead trains a single model through the earliest cutoff and scores every series with it.
 
-Forecasts at ``h = 1, 5, 10`` come from :func:`forecasting.training.predict` on the series cut
+Forecasts at ``h = 1, 5, 10`` come from :func:`forecasting.model.training.predict` on the series cut
 at each origin, all origins of a group batched through one call per chunk (keys
 ``"<ticker>@<origin>"``, with the model's stored scaler of the ticker).
 
@@ -54,8 +54,8 @@ from benchmarks.tutorial_lstm import (  # noqa: E402
     fit_tutorial,
     forecast_tutorial,
 )
-from forecasting.lstm import ModelConfig  # noqa: E402
-from forecasting.training import TrainedModel, fit, predict  # noqa: E402
+from forecasting.model.lstm import ModelConfig  # noqa: E402
+from forecasting.model.training import TrainedModel, fit, predict  # noqa: E402
 
 HORIZONS = (1, 5, 10)
 TEST_DAYS = 250

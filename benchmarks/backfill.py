@@ -11,7 +11,7 @@ a temporary SQLite database; then the daily pipeline is replayed point-in-time o
    default) and no drift check in between.
 
 Printed per policy: wall time, refits, training compute (sum of ``model_checks.train_seconds``)
-and the RMSE ratio to persistence of the forecasts it wrote (``forecasting.evaluation``); then
+and the RMSE ratio to persistence of the forecasts it wrote (``forecasting.evaluation.evaluation``); then
 the compute ratio. Target: the drift policy reaches an equal (within 0.01%) or better RMSE
 ratio with at most 1/3 of the calendar policy's training compute.
 
@@ -42,16 +42,16 @@ from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
 from benchmarks.common import choose_panel_tickers, data_dir  # noqa: E402
-from forecasting.backfill import backfill, calendar_policy, trading_days  # noqa: E402
-from forecasting.db import init_db, make_engine  # noqa: E402
-from forecasting.evaluation import evaluate  # noqa: E402
-from forecasting.ingest import ingest  # noqa: E402
-from forecasting.lstm import ModelConfig  # noqa: E402
-from forecasting.prices import load_closes  # noqa: E402
-from forecasting.schema import model_versions, prices  # noqa: E402
+from forecasting.data.db import init_db, make_engine  # noqa: E402
+from forecasting.data.ingest import ingest  # noqa: E402
+from forecasting.data.prices import load_closes  # noqa: E402
+from forecasting.data.schema import model_versions, prices  # noqa: E402
+from forecasting.data.sources import make_source  # noqa: E402
+from forecasting.evaluation.evaluation import evaluate  # noqa: E402
+from forecasting.model.lstm import ModelConfig  # noqa: E402
+from forecasting.model.training import fit  # noqa: E402
+from forecasting.pipeline.backfill import backfill, calendar_policy, trading_days  # noqa: E402
 from forecasting.settings import ModelSettings, PolicySettings, Settings  # noqa: E402
-from forecasting.sources import make_source  # noqa: E402
-from forecasting.training import fit  # noqa: E402
 
 # "Equal" RMSE ratio: two policies whose ratios differ by less than 0.01% have written the
 # same forecasts for practical purposes; the difference is printed either way.

@@ -34,14 +34,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import pandas as pd  # noqa: E402
 from sqlalchemy import delete, select  # noqa: E402
 
-from forecasting.db import init_db, make_engine  # noqa: E402
-from forecasting.forecasts import write_forecasts  # noqa: E402
-from forecasting.ingest import ingest  # noqa: E402
-from forecasting.pipeline import forecast, run_pipeline, scope_units, train  # noqa: E402
-from forecasting.schema import forecasts, pipeline_runs, prices  # noqa: E402
+from forecasting.data.db import init_db, make_engine  # noqa: E402
+from forecasting.data.ingest import ingest  # noqa: E402
+from forecasting.data.schema import forecasts, pipeline_runs, prices  # noqa: E402
+from forecasting.data.sources import make_source  # noqa: E402
+from forecasting.data.sources.base import BAR_COLUMNS, Security  # noqa: E402
+from forecasting.pipeline.daily import forecast, run_pipeline, scope_units, train  # noqa: E402
+from forecasting.pipeline.forecast_store import write_forecasts  # noqa: E402
 from forecasting.settings import ModelSettings, Settings  # noqa: E402
-from forecasting.sources import make_source  # noqa: E402
-from forecasting.sources.base import BAR_COLUMNS, Security  # noqa: E402
 
 AS_OF = dt.date(2018, 12, 28)
 
@@ -133,7 +133,7 @@ def main() -> None:
     print("training one global model on the panel (not timed) ...", flush=True)
     train(engine, settings.with_overrides(tickers=tuple(panel)), through=AS_OF)
 
-    from flows.daily import daily
+    from forecasting_flows.daily import daily
 
     def clear() -> None:
         with engine.begin() as conn:

@@ -8,7 +8,7 @@ then, per backend:
 * **raw**: the same rows, straight from the parsed frames into a table of the same shape as
   ``prices`` (same columns, same primary key), with no validation and no comparison: plain
   ``sqlite3`` ``executemany`` in one transaction on SQLite, psycopg ``COPY`` on Postgres;
-* **ingest**: :func:`forecasting.ingest.ingest` into an empty database (validation, comparison
+* **ingest**: :func:`forecasting.data.ingest.ingest` into an empty database (validation, comparison
   with stored rows, per-ticker transactions, rejected rows, run bookkeeping);
 * **no-change, incremental**: the same ingest again: the stored last dates say there is
   nothing new, so little is fetched and nothing is written;
@@ -42,11 +42,11 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from forecasting.db import init_db, make_engine  # noqa: E402
-from forecasting.ingest import ingest  # noqa: E402
-from forecasting.prices import price_summary  # noqa: E402
-from forecasting.sources.base import BAR_COLUMNS  # noqa: E402
-from forecasting.sources.files import FileSource  # noqa: E402
+from forecasting.data.db import init_db, make_engine  # noqa: E402
+from forecasting.data.ingest import ingest  # noqa: E402
+from forecasting.data.prices import price_summary  # noqa: E402
+from forecasting.data.sources.base import BAR_COLUMNS  # noqa: E402
+from forecasting.data.sources.files import FileSource  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ashare_qfq_panel"
 END = dt.date(2019, 1, 7)

@@ -2,7 +2,7 @@
 
 Prints, from one run on one machine:
 
-* samples/s of the project's training loop (``forecasting.training.fit``) beside a bare
+* samples/s of the project's training loop (``forecasting.model.training.fit``) beside a bare
   ``nn.LSTM`` forward/backward/Adam loop with the same shapes, batch size and thread count,
   and their ratio (target >= 0.9);
 * the machine's float32 matmul GFLOP/s and the model's achieved GFLOP/s (LSTM gate FLOPs,
@@ -36,9 +36,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from forecasting.lstm import ModelConfig, lstm_flops_per_sample  # noqa: E402
-from forecasting.training import build_dataset, fit  # noqa: E402
-from forecasting.windows import TensorWindows, WindowView  # noqa: E402
+from forecasting.model.lstm import ModelConfig, lstm_flops_per_sample  # noqa: E402
+from forecasting.model.training import build_dataset, fit  # noqa: E402
+from forecasting.model.windows import TensorWindows, WindowView  # noqa: E402
 
 GiB = 1024**3
 

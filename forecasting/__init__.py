@@ -1,6 +1,6 @@
 """forecasting: a scheduled pipeline that forecasts daily closing prices.
 
-The library never imports Prefect; ``flows/`` wires these functions into flows.
+The library never imports Prefect; ``forecasting_flows/`` wires these functions into flows.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATABASE_URL = "sqlite:///forecasting.db"
+DEFAULT_DATABASE_URL = "sqlite:///forecasting.data.db"
 
 
 class SettingsError(ValueError):
@@ -38,7 +38,7 @@ class Secret:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """Model hyperparameters. :class:`forecasting.lstm.ModelConfig` extends this with
+    """Model hyperparameters. :class:`forecasting.model.lstm.ModelConfig` extends this with
     validation and serialization; the fields are defined here once."""
 
     input_len: int = 60

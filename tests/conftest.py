@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from forecasting.db import init_db, make_engine
+from forecasting.data.db import init_db, make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FORECASTING_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -49,7 +49,7 @@ def shared_data() -> Path:
 
 @pytest.fixture()
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'forecasting.db'}"
+    return f"sqlite:///{tmp_path / 'forecasting.data.db'}"
 
 
 @pytest.fixture()

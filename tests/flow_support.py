@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from flows.common import engine_for
-from forecasting.ingest import ingest
-from forecasting.schema import forecasts
-from forecasting.sources import make_source
+from forecasting.data.ingest import ingest
+from forecasting.data.schema import forecasts
+from forecasting.data.sources import make_source
+from forecasting_flows.common import engine_for
 
 # Four tickers with years of history, and 601066.SH, listed in June 2018: with
 # FORECASTING_POLICY_MIN_HISTORY=150 it has too little history on AS_OF and must be skipped.

@@ -35,7 +35,7 @@ from benchmarks.tutorial_lstm import (  # noqa: E402
     fit_tutorial,
     forecast_tutorial,
 )
-from forecasting.lstm import ModelConfig  # noqa: E402
+from forecasting.model.lstm import ModelConfig  # noqa: E402
 
 TEST_DAYS = 30
 TINY = ModelConfig(

@@ -11,7 +11,7 @@ from sqlalchemy import Date, bindparam, text
 from sqlalchemy.engine import Engine
 from test_evaluation import BACKFILL, D0, D1, D2, D3, populate
 
-from forecasting.evaluation import evaluate
+from forecasting.evaluation.evaluation import evaluate
 
 QUERIES = Path(__file__).resolve().parents[1] / "sql" / "queries"
 PARAMS: dict[str, dict[str, Any]] = {

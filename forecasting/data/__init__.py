@@ -1,0 +1,1 @@
+"""Data: the schema and database, the trading calendar, prices, price sources and the ingest."""

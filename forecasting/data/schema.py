@@ -1,0 +1,307 @@
+"""The one source of truth for the database schema.
+
+Every table lives on :data:`metadata`. ``sql/schema.sqlite.sql`` and
+``sql/schema.postgresql.sql`` are generated from it (``python -m forecasting.data.schema``) and a
+test checks they are current. Views are plain SQL that both dialects accept.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+metadata = MetaData()
+
+securities = Table(
+    "securities",
+    metadata,
+    Column("ticker", String(32), primary_key=True, comment="tushare form, e.g. 600519.SH"),
+    Column("name", String(128)),
+    Column("kind", String(16), nullable=False, server_default="stock"),  # stock | index
+    Column("exchange", String(16)),
+)
+
+prices = Table(
+    "prices",
+    metadata,
+    Column("ticker", String(32), primary_key=True),
+    Column("trade_date", Date, primary_key=True),
+    Column("open", Float),
+    Column("high", Float),
+    Column("low", Float),
+    Column("close", Float, nullable=False),
+    Column("volume", Float),
+    Column("amount", Float),
+    # Unadjusted close * adj_factor is a back-adjusted (hfq) price that never changes when new
+    # days arrive; NULL means the source sent prices that are already adjusted (or never split).
+    Column("adj_factor", Float),
+    Column("source", String(32), nullable=False),
+    Column("ingested_at", DateTime(timezone=True), nullable=False),
+)
+
+trading_calendar = Table(
+    "trading_calendar",
+    metadata,
+    Column("exchange", String(16), primary_key=True),
+    Column("cal_date", Date, primary_key=True),
+    Column("is_open", Boolean, nullable=False),
+    Column("source", String(32), nullable=False, server_default="tushare"),
+)
+
+ingest_runs = Table(
+    "ingest_runs",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("source", String(32), nullable=False),
+    Column("tickers", Text, nullable=False),  # JSON list
+    Column("rows_inserted", Integer, nullable=False, server_default="0"),
+    Column("rows_updated", Integer, nullable=False, server_default="0"),
+    Column("rows_unchanged", Integer, nullable=False, server_default="0"),
+    Column("rows_rejected", Integer, nullable=False, server_default="0"),
+    Column("status", String(16), nullable=False),  # running | success | partial | failed
+    Column("error", Text),
+)
+
+rejected_rows = Table(
+    "rejected_rows",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(36), ForeignKey("ingest_runs.run_id"), nullable=False),
+    Column("ticker", String(32), nullable=False),
+    Column("trade_date", Date),
+    Column("raw", Text, nullable=False),  # JSON of the values the source sent
+    Column("reason", Text, nullable=False),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("scope", String(64), nullable=False, server_default="global"),
+    Column("kind", String(16), nullable=False),  # full | finetune
+    Column("parent_id", Integer, ForeignKey("model_versions.id")),
+    Column("trained_through", Date, nullable=False),
+    Column("tickers", Text, nullable=False),  # JSON list
+    Column("config", Text, nullable=False),  # JSON: every hyperparameter + target representation
+    Column("scaler", Text, nullable=False),  # JSON: per-series scaler parameters
+    Column("calibration", Text),  # JSON: interval calibration
+    Column("history", Text),  # JSON: per-epoch train/val loss
+    Column("val_rmse", Float),
+    Column("val_naive_rmse", Float),
+    Column("train_seconds", Float),
+    Column("n_train_samples", Integer),
+    Column("checkpoint", LargeBinary),
+    Column("checkpoint_path", Text),
+    Column("checkpoint_sha256", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # active | retired | rejected
+    Index(
+        "uq_model_versions_active_scope",
+        "scope",
+        unique=True,
+        sqlite_where=text("status = 'active'"),
+        postgresql_where=text("status = 'active'"),
+    ),
+)
+
+model_checks = Table(
+    "model_checks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(36)),
+    Column("as_of_date", Date, nullable=False),
+    Column("scope", String(64), nullable=False, server_default="global"),
+    Column("model_version_id", Integer, ForeignKey("model_versions.id")),
+    Column("check_window", Integer, nullable=False),
+    Column("rmse", Float),
+    Column("naive_rmse", Float),
+    Column("ratio", Float),
+    Column("threshold", Float),
+    Column("decision", String(16), nullable=False),  # keep | finetune | retrain
+    Column("reason", Text, nullable=False),
+    Column("new_version_id", Integer, ForeignKey("model_versions.id")),
+    Column("candidate_rmse", Float),
+    Column("promoted", Boolean),
+    Column("train_seconds", Float),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("as_of_date", "scope", "run_id", name="uq_model_checks_run"),
+)
+
+pipeline_runs = Table(
+    "pipeline_runs",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("flow_run_id", String(36)),
+    Column("kind", String(16), nullable=False, server_default="daily"),  # daily | backfill
+    # "live" for scheduled runs; a backfill replays history in a lineage of its own so that it
+    # never uses (or disturbs) the live models, which were trained on data after its days.
+    Column("lineage", String(128), nullable=False, server_default="live"),
+    Column("as_of_date", Date, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(16), nullable=False),  # running | success | failed
+    Column("decision", String(16)),
+    Column("model_version_id", Integer, ForeignKey("model_versions.id")),
+    Column("n_forecast", Integer),
+    Column("n_skipped", Integer),
+    Column("counts", Text),  # JSON
+    Column("error", Text),
+)
+
+forecasts = Table(
+    "forecasts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ticker", String(32), nullable=False),
+    Column("as_of_date", Date, nullable=False),
+    Column("target_date", Date, nullable=False),
+    Column("horizon", Integer, nullable=False),  # 1 = next trading day
+    Column("yhat", Float, nullable=False),
+    Column("yhat_lower", Float, nullable=False),
+    Column("yhat_upper", Float, nullable=False),
+    Column("base_close", Float, nullable=False),  # close on as_of_date: the naive forecast
+    Column("model_version_id", Integer, ForeignKey("model_versions.id"), nullable=False),
+    Column("run_id", String(36), ForeignKey("pipeline_runs.run_id"), nullable=False),
+    Column("calendar_source", String(16), nullable=False),  # database | xshg | weekdays
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint(
+        "ticker", "as_of_date", "horizon", "model_version_id", name="uq_forecasts_key"
+    ),
+    Index("ix_forecasts_as_of", "as_of_date"),
+)
+
+# Forecast shards stage their rows here, each in its own transaction (possibly on other
+# machines); the run's write step moves them into ``forecasts`` in one transaction and empties
+# the stage, so readers never see part of a run.
+forecast_staging = Table(
+    "forecast_staging",
+    metadata,
+    Column("run_id", String(36), ForeignKey("pipeline_runs.run_id"), nullable=False),
+    Column("ticker", String(32), nullable=False),
+    Column("as_of_date", Date, nullable=False),
+    Column("target_date", Date, nullable=False),
+    Column("horizon", Integer, nullable=False),
+    Column("yhat", Float, nullable=False),
+    Column("yhat_lower", Float, nullable=False),
+    Column("yhat_upper", Float, nullable=False),
+    Column("base_close", Float, nullable=False),
+    Column("model_version_id", Integer, nullable=False),
+    Column("calendar_source", String(16), nullable=False),
+    PrimaryKeyConstraint(
+        "run_id", "ticker", "as_of_date", "horizon", "model_version_id", name="pk_forecast_staging"
+    ),
+)
+
+# The select list of forecast_errors over forecasts ``f`` joined to the realized close ``p``;
+# forecasting.evaluation.evaluation reuses it for its per-lineage variant of the view.
+FORECAST_ERROR_COLUMNS = """
+SELECT f.ticker, f.as_of_date, f.target_date, f.horizon, f.model_version_id, f.run_id,
+       f.yhat, f.yhat_lower, f.yhat_upper, f.base_close,
+       p.close AS actual,
+       f.yhat - p.close AS error,
+       f.base_close - p.close AS naive_error,
+       CASE WHEN p.close >= f.yhat_lower AND p.close <= f.yhat_upper THEN 1 ELSE 0 END
+           AS covered
+""".strip()
+
+# Views are written once in SQL that SQLite and Postgres both accept.
+VIEWS: dict[str, str] = {
+    "latest_forecasts": """
+CREATE VIEW latest_forecasts AS
+SELECT ticker, as_of_date, target_date, horizon, yhat, yhat_lower, yhat_upper, base_close,
+       model_version_id, run_id, calendar_source, created_at
+FROM (
+    SELECT f.*, ROW_NUMBER() OVER (
+        PARTITION BY f.ticker, f.as_of_date, f.horizon
+        ORDER BY f.created_at DESC, f.id DESC
+    ) AS rn
+    FROM forecasts f
+) ranked
+WHERE rn = 1
+""".strip(),
+    "forecast_errors": f"""
+CREATE VIEW forecast_errors AS
+{FORECAST_ERROR_COLUMNS}
+FROM latest_forecasts f
+JOIN prices p ON p.ticker = f.ticker AND p.trade_date = f.target_date
+""".strip(),
+}
+
+
+def create_all(engine: Engine) -> None:
+    """Create every table, index and view. Safe to call again: it changes nothing twice."""
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        _create_views(conn)
+
+
+def _create_views(conn: Connection) -> None:
+    for name, ddl in VIEWS.items():
+        if conn.dialect.name == "postgresql":
+            exists = conn.execute(
+                text(
+                    "SELECT 1 FROM pg_views WHERE viewname = :n AND schemaname = current_schema()"
+                ),
+                {"n": name},
+            ).first()
+        else:
+            exists = conn.execute(
+                text("SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = :n"), {"n": name}
+            ).first()
+        if not exists:
+            conn.execute(text(ddl))
+
+
+def ddl(dialect_name: str) -> str:
+    """The full DDL script for ``sqlite`` or ``postgresql``, generated from :data:`metadata`."""
+    dialect = {"sqlite": sqlite.dialect(), "postgresql": postgresql.dialect()}[dialect_name]
+    parts = [
+        f"-- Generated by `python -m forecasting.data.schema`; do not edit. Dialect: {dialect_name}"
+    ]
+    for table in metadata.sorted_tables:
+        parts.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
+        for index in sorted(table.indexes, key=lambda i: i.name or ""):
+            parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";")
+    for body in VIEWS.values():
+        parts.append(body + ";")
+    return "\n\n".join(parts) + "\n"
+
+
+def write_ddl(sql_dir: Path) -> list[Path]:
+    """Regenerate the checked-in DDL files under ``sql_dir``."""
+    out = []
+    for name in ("sqlite", "postgresql"):
+        path = sql_dir / f"schema.{name}.sql"
+        path.write_text(ddl(name), encoding="utf-8")
+        out.append(path)
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover - developer tool
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "sql"
+    for p in write_ddl(root):
+        print(p)

@@ -1,0 +1,76 @@
+"""Price sources behind one interface, :class:`~forecasting.data.sources.base.PriceSource`.
+
+``make_source`` is the one place that turns a source name (from settings or the CLI) into a
+source; everything downstream sees only the protocol.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from forecasting.data.sources.base import (
+    BAR_COLUMNS,
+    PriceSource,
+    Security,
+    SourceError,
+    empty_bars,
+    exchange_of,
+)
+from forecasting.data.sources.demo import DemoSource
+from forecasting.data.sources.files import FileSource
+from forecasting.data.sources.tushare import KNOWN_INDEX_TICKERS, TushareSource
+from forecasting.settings import Secret
+
+SOURCE_NAMES: tuple[str, ...] = ("tushare", "csv", "demo")
+
+__all__ = [
+    "BAR_COLUMNS",
+    "KNOWN_INDEX_TICKERS",
+    "SOURCE_NAMES",
+    "DemoSource",
+    "FileSource",
+    "PriceSource",
+    "Security",
+    "SourceError",
+    "TushareSource",
+    "empty_bars",
+    "exchange_of",
+    "make_source",
+]
+
+
+def make_source(
+    name: str,
+    *,
+    token: str | Secret = "",
+    path: str | Path | None = None,
+    ticker: str | None = None,
+    **kw: Any,
+) -> PriceSource:
+    """Build the source called ``name``: ``"tushare"``, ``"csv"`` or ``"demo"``.
+
+    Args:
+        token: the tushare token (a ``Secret`` from settings or a plain string); tushare only.
+        path: the CSV/Parquet file or directory; csv only.
+        ticker: the ticker for files without a ``ts_code`` column; csv only.
+        **kw: passed to the source's constructor (e.g. ``http_url``, ``retries`` for tushare;
+            ``seed``, ``n_tickers``, ``start`` for demo).
+
+    Raises:
+        SourceError: for an unknown name, a missing token or a missing path.
+    """
+    key = name.strip().lower()
+    if key == "tushare":
+        value = token.value if isinstance(token, Secret) else token
+        return TushareSource(value, **kw)
+    if key == "csv":
+        if path is None:
+            raise SourceError("the csv source needs a file or directory: pass --path")
+        return FileSource(path, ticker=ticker, **kw)
+    if key == "demo":
+        if isinstance(kw.get("start"), str):
+            kw["start"] = dt.date.fromisoformat(kw["start"])
+        return DemoSource(**kw)
+    raise SourceError(f"unknown price source {name!r}; choose one of {', '.join(SOURCE_NAMES)}")

@@ -1,0 +1,1 @@
+"""Forecast accuracy and the HTML report."""

@@ -1,0 +1,1 @@
+"""The model: the LSTM, scaling, windows, training and inference, the model registry."""

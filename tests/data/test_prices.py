@@ -1,0 +1,141 @@
+"""Reading prices back: point in time, split-free, one query for many tickers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import insert, update
+from sqlalchemy.engine import Engine
+
+from forecasting.data.prices import last_price_dates, load_closes, price_summary
+from forecasting.data.schema import prices, securities
+
+D = dt.date
+NOW = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+DAYS = [d.date() for d in pd.bdate_range("2024-01-01", periods=10)]  # 2024-01-01 .. 01-12
+
+
+def _rows(
+    ticker: str, closes: list[float], factors: list[float | None] | None = None
+) -> list[dict]:
+    factors = factors or [None] * len(closes)
+    return [
+        {
+            "ticker": ticker,
+            "trade_date": d,
+            "close": c,
+            "adj_factor": f,
+            "source": "test",
+            "ingested_at": NOW,
+        }
+        for d, c, f in zip(DAYS, closes, factors, strict=False)
+    ]
+
+
+@pytest.fixture()
+def stored(engine: Engine) -> Engine:
+    """Two plain tickers (A.SH rising 10..19, B.SZ 5 rows) and C.SH with a 2:1 split."""
+    with engine.begin() as conn:
+        conn.execute(insert(prices), _rows("A.SH", [10.0 + i for i in range(10)]))
+        conn.execute(insert(prices), _rows("B.SZ", [5.0, 5.5, 6.0, 6.5, 7.0]))
+        # Raw closes halve on day 6 (a 2:1 split); the factor doubles so close*factor is smooth.
+        conn.execute(
+            insert(prices),
+            _rows(
+                "C.SH", [20.0, 20.5, 21.0, 21.5, 22.0, 11.0, 11.5, 12.0], [1, 1, 1, 1, 1, 2, 2, 2]
+            ),
+        )
+        conn.execute(insert(securities).values(ticker="A.SH", kind="stock"))
+    return engine
+
+
+def test_series_shape(stored: Engine) -> None:
+    """One float Series per ticker, indexed by datetime.date ascending."""
+    with stored.connect() as conn:
+        out = load_closes(conn)
+    assert sorted(out) == ["A.SH", "B.SZ", "C.SH"]
+    a = out["A.SH"]
+    assert a.dtype == np.float64
+    assert list(a.index) == DAYS
+    assert all(type(d) is dt.date for d in a.index)
+    assert a.tolist() == [10.0 + i for i in range(10)]
+
+
+def test_through_and_start_bound_the_window(stored: Engine) -> None:
+    """Nothing after ``through`` and nothing before ``start``; tickers filter."""
+    with stored.connect() as conn:
+        out = load_closes(conn, tickers=["A.SH", "B.SZ", "Z.SH"], start=DAYS[2], through=DAYS[5])
+        assert load_closes(conn, tickers=[]) == {}
+        assert load_closes(conn, through=D(2023, 12, 31)) == {}
+    assert sorted(out) == ["A.SH", "B.SZ"]
+    assert list(out["A.SH"].index) == DAYS[2:6]
+    assert list(out["B.SZ"].index) == DAYS[2:5]
+
+
+def test_future_spike_and_future_split_change_nothing(stored: Engine) -> None:
+    """A planted spike after ``through`` - and a split after it - leave every returned value as
+    it was: the cutoff is applied before the adjustment."""
+    through = DAYS[4]
+    with stored.connect() as conn:
+        before = load_closes(conn, through=through)
+    with stored.begin() as conn:
+        conn.execute(
+            update(prices)
+            .where(prices.c.ticker == "A.SH", prices.c.trade_date == DAYS[5])
+            .values(close=1e6)
+        )
+        conn.execute(
+            insert(prices).values(
+                ticker="B.SZ",
+                trade_date=DAYS[5],
+                close=1e6,
+                adj_factor=50.0,
+                source="t",
+                ingested_at=NOW,
+            )
+        )
+    with stored.connect() as conn:
+        after = load_closes(conn, through=through)
+        later = load_closes(conn, through=DAYS[5])
+    assert sorted(after) == sorted(before)
+    for t in before:
+        pd.testing.assert_series_equal(after[t], before[t])
+    assert later["A.SH"].iloc[-1] == 1e6  # the spike is there, just not before its date
+
+
+def test_adj_factor_rescales_to_the_last_raw_close(stored: Engine) -> None:
+    """close*factor/factor_last: the split disappears and the last value is the real close."""
+    with stored.connect() as conn:
+        full = load_closes(conn, tickers=["C.SH"])["C.SH"]
+        pre_split = load_closes(conn, tickers=["C.SH"], through=DAYS[4])["C.SH"]
+    np.testing.assert_allclose(full.to_numpy(), [10.0, 10.25, 10.5, 10.75, 11.0, 11.0, 11.5, 12.0])
+    assert full.iloc[-1] == 12.0
+    log_returns = np.diff(np.log(full.to_numpy()))
+    assert np.abs(log_returns).max() < 0.05  # no -69% "crash" on the split day
+    # As of a date before the split, the adjustment is as of that date: raw prices.
+    np.testing.assert_allclose(pre_split.to_numpy(), [20.0, 20.5, 21.0, 21.5, 22.0])
+
+
+def test_missing_factors_take_the_nearest_known(engine: Engine) -> None:
+    """NULL factors beside known ones are filled from the nearest earlier (else later) day."""
+    with engine.begin() as conn:
+        conn.execute(insert(prices), _rows("D.SH", [8.0, 8.0, 4.0, 4.0], [None, 1.0, 2.0, None]))
+    with engine.connect() as conn:
+        d = load_closes(conn)["D.SH"]
+    np.testing.assert_allclose(d.to_numpy(), [4.0, 4.0, 4.0, 4.0])
+
+
+def test_summary_and_last_dates(stored: Engine) -> None:
+    """The ``prices`` command's rows and the last stored date per ticker."""
+    with stored.connect() as conn:
+        summary = price_summary(conn)
+        last = last_price_dates(conn)
+    assert [tuple(r) for r in summary] == [
+        ("A.SH", "stock", DAYS[0], DAYS[9], 10),
+        ("B.SZ", None, DAYS[0], DAYS[4], 5),
+        ("C.SH", None, DAYS[0], DAYS[7], 8),
+    ]
+    assert last == {"A.SH": DAYS[9], "B.SZ": DAYS[4], "C.SH": DAYS[7]}

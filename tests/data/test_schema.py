@@ -1,0 +1,50 @@
+"""The schema: one MetaData, the same on SQLite and Postgres, DDL files kept current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+from sqlalchemy.engine import Engine
+
+from forecasting.data import schema
+from forecasting.data.db import init_db
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_checked_in_ddl_matches_metadata(dialect: str) -> None:
+    """sql/schema.<dialect>.sql is exactly what the metadata generates."""
+    path = ROOT / "sql" / f"schema.{dialect}.sql"
+    assert path.read_text(encoding="utf-8") == schema.ddl(dialect), (
+        f"{path} is stale: run `python -m forecasting.data.schema`"
+    )
+
+
+def _shape(engine: Engine) -> dict[str, list[tuple[str, bool]]]:
+    insp = inspect(engine)
+    return {
+        t: sorted((c["name"], bool(c["nullable"])) for c in insp.get_columns(t))
+        for t in insp.get_table_names()
+    }
+
+
+def test_init_db_is_idempotent_and_creates_everything(engine: Engine) -> None:
+    """Running init-db twice changes nothing and leaves every table and view in place."""
+    before = _shape(engine)
+    init_db(engine)
+    assert _shape(engine) == before
+    assert set(schema.metadata.tables) <= set(before)
+    assert set(schema.VIEWS) <= set(inspect(engine).get_view_names())
+
+
+def test_sqlite_and_postgres_get_the_same_columns(sqlite_engine: Engine, pg_engine: Engine) -> None:
+    """Same tables, same column names, same nullability on both backends."""
+    assert _shape(sqlite_engine) == _shape(pg_engine)
+
+
+test_sqlite_and_postgres_get_the_same_columns = pytest.mark.postgres(
+    test_sqlite_and_postgres_get_the_same_columns
+)
