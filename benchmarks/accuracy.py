@@ -15,7 +15,7 @@ trained through the day before the group's window. With the shared data that is 
 through 2017-12 for the panel stocks, through 2021-12 for the indices. ``--split common``
 instead trains a single model through the earliest cutoff and scores every series with it.
 
-Forecasts at ``h = 1, 5, 10`` come from :func:`forecasting.model.training.predict` on the series cut
+Forecasts at ``h = 1, 5, 10`` come from :func:`forecasting.model.inference.predict` on the series cut
 at each origin, all origins of a group batched through one call per chunk (keys
 ``"<ticker>@<origin>"``, with the model's stored scaler of the ticker).
 
@@ -54,8 +54,10 @@ from benchmarks.tutorial_lstm import (  # noqa: E402
     fit_tutorial,
     forecast_tutorial,
 )
+from forecasting.model.inference import predict  # noqa: E402
 from forecasting.model.lstm import ModelConfig  # noqa: E402
-from forecasting.model.training import TrainedModel, fit, predict  # noqa: E402
+from forecasting.model.trained_model import TrainedModel  # noqa: E402
+from forecasting.model.training import fit  # noqa: E402
 
 HORIZONS = (1, 5, 10)
 TEST_DAYS = 250

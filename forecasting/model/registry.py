@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from forecasting.data.schema import model_versions
 from forecasting.model.lstm import ModelConfig
-from forecasting.model.training import TrainedModel
+from forecasting.model.trained_model import TrainedModel
 
 STATUSES = ("candidate", "active", "retired", "rejected")
 STORES = ("database", "files")

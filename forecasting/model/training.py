@@ -1,17 +1,11 @@
-"""Fit, fine-tune, predict and score a :class:`~forecasting.model.lstm.SeqForecaster`.
+"""Fit and fine-tune a :class:`~forecasting.model.lstm.SeqForecaster`.
 
 The dataset is point-in-time: :func:`fit` first drops every observation after ``through``
 (callers should already have), keeps each ticker on its own trading days, and fits each
 series' scaler on its training span only — the span before the last ``val_days`` trading days,
 whose targets form the validation set. Validation then serves three purposes: early stopping,
-a point forecast that keeps only the part of the network's predicted change that validation
-supports (its average drift removed, the rest shrunk toward persistence by the lower confidence
-bound of the MSE-optimal factor — so it is never worse than persistence on validation and is
-exactly persistence when validation shows no reliable skill), and split-conformal calibration
-of the interval, scaled by each window's recent volatility.
-
-Units: "normalized" errors are in target units — cumulative log-returns divided by the
-series' training-span daily std for ``log_return``, min-max scaled prices for ``minmax``.
+the point forecast's shrink toward persistence and the interval's split-conformal calibration
+(both in :mod:`forecasting.model.calibration`).
 """
 
 from __future__ import annotations
@@ -25,121 +19,25 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 from torch import nn
 
 from forecasting.model import scaling
+from forecasting.model.calibration import apply_calibration, calibrate, recent_scale, rmse
 from forecasting.model.lstm import ModelConfig, SeqForecaster
-from forecasting.model.windows import Panel, TensorWindows, build_panel, origins
+from forecasting.model.trained_model import EVAL_BATCH, TrainedModel, device_for, forward
+from forecasting.model.windows import Panel, TensorWindows, build_panel, clean_closes, origins
 
 log = logging.getLogger(__name__)
 
 MIN_TRAIN_WINDOWS = 20  # fewer training windows than this and a series only adds noise
 GRAD_CLIP = 1.0
 CALIB_TRAIN_SAMPLE = 20_000  # training windows that also inform the interval
-SCALE_DAYS = 20  # recent-volatility window that scales the interval
-SHRINK_Z = 2.0  # shrink to the lower ~97.5% confidence bound of the MSE-optimal factor
-EVAL_BATCH = 8192
 _ARCH_FIELDS = ("input_len", "horizon", "cell", "hidden_size", "num_layers", "target", "loss")
-
-
-@dataclass
-class TrainedModel:
-    """Weights plus everything needed to use them: config, scalers, calibration, provenance."""
-
-    config: ModelConfig
-    state_dict: dict[str, torch.Tensor]  # CPU tensors
-    scalers: dict[str, dict[str, float]]  # per ticker, fitted on the training span only
-    calibration: dict[str, Any]  # JSON-able: shrink factors and interval offsets per horizon
-    tickers: list[str]
-    trained_through: dt.date
-    val_rmse: float  # normalized units, validation windows, calibrated point forecast
-    val_naive_rmse: float  # persistence on the same windows, same units
-    history: list[dict[str, float]] = field(default_factory=list)
-    train_seconds: float = 0.0
-    n_train_samples: int = 0
-
-    @property
-    def val_ratio(self) -> float:
-        """Validation RMSE relative to persistence (< 1 beats it)."""
-        return self.val_rmse / self.val_naive_rmse if self.val_naive_rmse > 0 else math.nan
-
-
-@dataclass(frozen=True)
-class PathForecast:
-    """A forecast path from ``origin`` for horizons ``1..H`` in price units."""
-
-    ticker: str
-    origin: dt.date
-    base_close: float
-    yhat: np.ndarray  # [H]
-    lower: np.ndarray  # [H]
-    upper: np.ndarray  # [H]
-
-
-@dataclass(frozen=True)
-class Score:
-    """Out-of-sample RMSE of the model and of persistence, in normalized units."""
-
-    rmse: float
-    naive_rmse: float
-    n: int
-
-    @property
-    def ratio(self) -> float:
-        """``rmse / naive_rmse``; nan when there was nothing to score."""
-        if self.n == 0 or not self.naive_rmse > 0:
-            return math.nan
-        return self.rmse / self.naive_rmse
-
-
-def device_for(config: ModelConfig) -> torch.device:
-    """``"auto"``: CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
-
-
-def _inference_device(config: ModelConfig) -> torch.device:
-    """Like :func:`device_for`, but a model trained on a GPU still forecasts on a machine
-    without one."""
-    device = device_for(config)
-    return device if device.type != "cuda" or torch.cuda.is_available() else torch.device("cpu")
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def _clean(s: pd.Series, through: dt.date | None, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Dates (``datetime64[D]``) and closes of one series, ascending, finite and positive,
-    with everything after ``through`` dropped (defense in depth: leakage is designed out)."""
-    if len(s) == 0:
-        return np.empty(0, dtype="datetime64[D]"), np.empty(0)
-    dates = np.asarray(pd.to_datetime(pd.Index(s.index)).values, dtype="datetime64[D]")
-    closes = pd.to_numeric(pd.Series(s.to_numpy(), copy=False), errors="coerce").to_numpy(
-        dtype=np.float64, na_value=np.nan
-    )
-    ok = np.isfinite(closes) & (closes > 0)
-    if through is not None:
-        ok &= dates <= np.datetime64(through, "D")
-    dates, closes = dates[ok], closes[ok]
-    order = np.argsort(dates, kind="stable")
-    dates, closes = dates[order], closes[order]
-    if len(dates) > 1:
-        # A duplicated date keeps its last value, as a re-sent bar would.
-        last = np.r_[dates[1:] != dates[:-1], True]
-        dates, closes = dates[last], closes[last]
-    return dates, closes
-
-
-def _as_date(d: np.datetime64) -> dt.date:
-    return dt.date.fromisoformat(str(d.astype("datetime64[D]")))
 
 
 # ----------------------------------------------------------------------------- losses
@@ -180,25 +78,6 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 # ----------------------------------------------------------------------------- fit
 
 
-def build_network(model: TrainedModel, device: torch.device | None = None) -> SeqForecaster:
-    """The network of a trained model, weights loaded, in eval mode."""
-    net = SeqForecaster(model.config)
-    net.load_state_dict(model.state_dict)
-    return net.to(device or torch.device("cpu")).eval()
-
-
-def _forward(net: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
-    """No-grad forward in chunks. ``[N, L, 1] -> [N, H, Q]`` (float64, CPU)."""
-    net.eval()
-    outs = []
-    with torch.no_grad():
-        for a in range(0, len(x), batch):
-            outs.append(net(x[a : a + batch]).double().cpu())  # [b, H, Q]
-    if not outs:
-        return torch.empty(0)
-    return torch.cat(outs)
-
-
 @dataclass(frozen=True)
 class Dataset:
     """The point-in-time training set: the panel plus training and validation origins."""
@@ -227,7 +106,7 @@ def build_dataset(
     dates: dict[str, np.ndarray] = {}
     scalers: dict[str, dict[str, float]] = {}
     for tk, s in series.items():
-        d, c = _clean(s, through, tk)
+        d, c = clean_closes(s, through)
         if days > 0:
             d, c = d[-(days + L) :], c[-(days + L) :]
         if len(c) < min_len:
@@ -317,7 +196,7 @@ def fit(
         tw = TensorWindows(panel, L, H, device)
         vidx = torch.from_numpy(val_idx).to(device)
         xv = tw.inputs(vidx)  # [Nv, L, 1]
-        out = _forward(net, xv).numpy()  # [Nv, H, Q]
+        out = forward(net, xv).numpy()  # [Nv, H, Q]
         scale = recent_scale(xv[..., 0].cpu().numpy(), config.target)  # [Nv]
         y = tw.targets(vidx).double().cpu().numpy()  # [Nv, H]
         naive = tw.naive(vidx).double().cpu().numpy()  # [Nv, H]
@@ -326,7 +205,7 @@ def fit(
         tidx = torch.from_numpy(np.sort(sample)).to(device)
         xt = tw.inputs(tidx)  # [Ns, L, 1]
         train_calib = (
-            _forward(net, xt).numpy(),  # [Ns, H, Q]
+            forward(net, xt).numpy(),  # [Ns, H, Q]
             tw.targets(tidx).double().cpu().numpy(),  # [Ns, H]
             tw.naive(tidx).double().cpu().numpy(),  # [Ns, H]
             recent_scale(xt[..., 0].cpu().numpy(), config.target),  # [Ns]
@@ -343,8 +222,8 @@ def fit(
         calibration=calibration,
         tickers=list(panel.tickers),
         trained_through=through,
-        val_rmse=_rmse(point - y),
-        val_naive_rmse=_rmse(naive - y),
+        val_rmse=rmse(point - y),
+        val_naive_rmse=rmse(naive - y),
         history=history,
         train_seconds=time.perf_counter() - started,
         n_train_samples=len(train_idx),
@@ -496,288 +375,3 @@ def _train(
         if bar is not None:
             bar.close()
     return history, best_state
-
-
-# ----------------------------------------------------------------------------- calibration
-
-
-def _rmse(err: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(err)))) if err.size else math.nan
-
-
-def _conformal_level(n: int, coverage: float) -> float:
-    """Finite-sample conformal quantile level ``ceil((n+1) * coverage) / n``, capped at 1."""
-    return min(1.0, math.ceil((n + 1) * coverage) / max(n, 1))
-
-
-def shrink_factors(
-    d: np.ndarray, e: np.ndarray, groups: np.ndarray | None = None, z: float = SHRINK_Z
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-horizon factor ``a`` in ``[0, 1]`` for ``point = naive + a * d``.
-
-    ``d [N, H]`` is the predicted change from persistence, ``e [N, H]`` the actual one. The
-    least-squares ``a_ls = <d, e> / <d, d>`` minimizes validation MSE, but validation is short
-    and its windows are far from independent: every series moves with the market on the same
-    day, and the h-day targets of consecutive origins overlap. So ``a_ls`` is noisy, and a
-    model that merely caught the validation period's trend gets a large factor and then loses
-    to persistence out of sample. We therefore use the lower confidence bound
-    ``a = clip(a_ls - z * se, 0, 1)``, with ``se`` from the per-date sums (``groups``: one
-    label per window, its origin date) and a Bartlett (Newey-West) correction for ``h`` days of
-    overlap. No evidence of skill -> ``a = 0`` -> exactly persistence.
-    Returns ``(a, a_ls, se)``, each ``[H]``.
-    """
-    n, horizon = d.shape
-    if n == 0:
-        zeros = np.zeros(horizon)
-        return zeros, zeros, zeros
-    if groups is None:
-        groups = np.arange(n)
-    _, g = np.unique(groups, return_inverse=True)  # [N] group number, in date order
-    n_groups = int(g.max()) + 1
-    num = np.zeros((n_groups, horizon))
-    den = np.zeros((n_groups, horizon))
-    np.add.at(num, g, d * e)  # [G, H] per-date sums
-    np.add.at(den, g, d * d)
-    total_den = np.maximum(den.sum(0), 1e-12)  # [H]
-    a_ls = num.sum(0) / total_den  # [H]
-    u = num - a_ls * den  # [G, H] per-date score of the LS equation
-    var = (u * u).sum(0)  # [H]
-    for h in range(horizon):
-        for lag in range(1, min(h + 1, n_groups - 1) + 1):  # h-day targets overlap h-1 days
-            w = 1.0 - lag / (h + 2)
-            var[h] += 2.0 * w * (u[lag:, h] * u[:-lag, h]).sum()
-    se = np.sqrt(np.maximum(var, 0.0)) / total_den  # [H]
-    return np.clip(a_ls - z * se, 0.0, 1.0), a_ls, se
-
-
-def recent_scale(x: np.ndarray, target: str, days: int = SCALE_DAYS) -> np.ndarray:
-    """Recent volatility of each input window, in target units per day. ``[N, L] -> [N]``.
-
-    Root mean square of the last ``days`` normalized returns (for ``minmax``, of the daily
-    changes of the scaled level). Interval widths are proportional to it, so they widen as soon
-    as the market gets rougher than it was on validation.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    steps = x[:, -days:] if target == "log_return" else np.diff(x[:, -(days + 1) :], axis=1)
-    return np.sqrt(np.mean(np.square(steps), axis=1) + 1e-8)  # [N]
-
-
-def calibrate(
-    out: np.ndarray,
-    y: np.ndarray,
-    naive: np.ndarray,
-    config: ModelConfig,
-    groups: np.ndarray | None = None,
-    scale: np.ndarray | None = None,
-    train: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """Fit the point forecast's drift and shrink and the interval, per horizon, on validation.
-
-    ``out [N, H, Q]`` raw network outputs, ``y [N, H]`` actual targets, ``naive [N, H]``,
-    ``groups [N]`` each window's origin date, ``scale [N]`` its :func:`recent_scale`.
-
-    Point: ``naive + a_h * (median - naive - drift_h)``. ``drift_h`` is the mean predicted change
-    on validation: the network's average view of the market's direction, learnt from the
-    training years. On real data it is what fails out of sample (A-shares through 2017-10:
-    validation favoured it with a least-squares factor of 1, the next 250 days wanted -1.5 to
-    -2), so it is removed, and only the window-to-window variation is kept, shrunk by
-    :func:`shrink_factors`. Interval: split-conformal quantiles of validation residuals divided
-    by the recent volatility of each window, times that of the window being forecast. When
-    ``train = (out, y, naive, scale)`` of (a sample of) training windows is given, each bound is
-    the wider of the validation and the training quantile: sixty validation days are one
-    regime, and a calm one makes a band that the next turbulent quarter breaks (CSI indices,
-    validation late 2021, tested on 2022: 0.69 coverage from validation alone, 0.81 with the
-    wider bound; A-shares 2017/18: 0.76 -> 0.80). Training residuals are in-sample and can only
-    be too narrow, so taking the wider bound never trusts them more than validation.
-    """
-    cfg = config
-    n = len(y)
-    if scale is None:
-        scale = np.ones(n)
-    out = np.sort(out, axis=-1)  # [N, H, Q]; quantile heads may cross
-    m = out[..., cfg.median_index]  # [N, H]
-    change = m - naive  # [N, H] predicted change from persistence
-    drift = change.mean(axis=0) if n else np.zeros(cfg.horizon)  # [H]
-    shrink, a_ls, se = shrink_factors(change - drift, y - naive, groups)
-    if not cfg.shrink:
-        drift, shrink = np.zeros(cfg.horizon), np.ones(cfg.horizon)
-    point = naive + shrink * (change - drift)  # [N, H]
-    r = (y - point) / scale[:, None]  # [N, H] residuals in units of recent volatility
-    hi_level = _conformal_level(n, (1.0 + cfg.interval) / 2.0)
-    q_lo = np.quantile(r, 1.0 - hi_level, axis=0) if n else np.zeros(cfg.horizon)  # [H]
-    q_hi = np.quantile(r, hi_level, axis=0) if n else np.zeros(cfg.horizon)  # [H]
-    if train is not None and len(train[1]):
-        t_out, t_y, t_naive, t_scale = train
-        t_m = np.sort(t_out, axis=-1)[..., cfg.median_index]  # [Nt, H]
-        t_r = (t_y - (t_naive + shrink * (t_m - t_naive - drift))) / t_scale[:, None]  # [Nt, H]
-        a = (1.0 - cfg.interval) / 2.0
-        q_lo = np.minimum(q_lo, np.quantile(t_r, a, axis=0))
-        q_hi = np.maximum(q_hi, np.quantile(t_r, 1.0 - a, axis=0))
-    calib: dict[str, Any] = {
-        "method": "scaled_residual",
-        "interval": cfg.interval,
-        "scale_days": SCALE_DAYS,
-        "drift": drift.tolist(),
-        "shrink": shrink.tolist(),
-        "shrink_ls": a_ls.tolist(),
-        "shrink_se": se.tolist(),
-        "q_lo": q_lo.tolist(),
-        "q_hi": q_hi.tolist(),
-        "n_val": int(n),
-        "val_rmse_raw": _rmse(m - y),
-    }
-    _, lower, upper = apply_calibration(out, naive, calib, cfg, scale)
-    calib["val_coverage"] = float(np.mean((y >= lower) & (y <= upper))) if n else math.nan
-    return calib
-
-
-def apply_calibration(
-    out: np.ndarray,
-    naive: np.ndarray,
-    calib: Mapping[str, Any],
-    config: ModelConfig,
-    scale: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Point, lower and upper in target units from raw outputs. ``[N, H, Q] -> 3 x [N, H]``.
-
-    ``scale [N]`` is each window's :func:`recent_scale`. Guarantees ``lower <= point <= upper``.
-    """
-    out = np.sort(out, axis=-1)  # [N, H, Q]
-    m = out[..., config.median_index]  # [N, H]
-    drift = np.asarray(calib["drift"], dtype=np.float64)  # [H]
-    shrink = np.asarray(calib["shrink"], dtype=np.float64)  # [H]
-    point = naive + shrink * (m - naive - drift)  # [N, H]
-    sc = (np.ones(len(m)) if scale is None else np.asarray(scale, dtype=np.float64))[:, None]
-    lower = point + np.asarray(calib["q_lo"], dtype=np.float64) * sc  # [N, H]
-    upper = point + np.asarray(calib["q_hi"], dtype=np.float64) * sc
-    return point, np.minimum(lower, point), np.maximum(upper, point)
-
-
-# ----------------------------------------------------------------------------- predict / score
-
-
-def _scaler_for(
-    model: TrainedModel, ticker: str, past_closes: np.ndarray
-) -> dict[str, float] | None:
-    """The stored scaler, or — for a ticker the model never saw — one fitted on the closes
-    passed in, which are the ticker's own past (the caller cuts them at the forecast origin or
-    at the model's cutoff). ``None`` when there is too little to fit."""
-    params = model.scalers.get(ticker)
-    if params is not None:
-        return params
-    if len(past_closes) < 2:
-        return None
-    return scaling.fit_scaler(past_closes, model.config.target, name=ticker)
-
-
-def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, PathForecast]:
-    """Forecast paths from the last ``input_len`` observations of each series.
-
-    The caller cuts each series at the forecast origin. ``base_close`` is the last close and the
-    ``log_return`` paths are ``base_close * exp(cumulative predicted log-return)``. All tickers go
-    through one batched forward pass. Tickers with fewer than ``input_len + 1`` closes are
-    omitted. A ticker without a stored scaler (not in the training set of a global model) gets a
-    scaler fitted on the closes passed in, i.e. its own past.
-    """
-    cfg = model.config
-    L = cfg.input_len
-    keep: list[tuple[str, dt.date, float, dict[str, float]]] = []
-    xs: list[np.ndarray] = []
-    naive: list[float] = []
-    for tk, s in series.items():
-        d, c = _clean(s, None, tk)
-        if len(c) < L + 1:
-            log.debug("no forecast for %s: %d closes, need %d", tk, len(c), L + 1)
-            continue
-        params = _scaler_for(model, tk, c)
-        if params is None:
-            continue
-        tail = c[-(L + 1) :]  # [L+1]
-        xs.append(scaling.inputs(tail, params, cfg.target)[1:])  # [L]
-        naive.append(
-            0.0
-            if cfg.target == "log_return"
-            else float(scaling.levels(tail[-1:], params, cfg.target)[0])
-        )
-        keep.append((tk, _as_date(d[-1]), float(c[-1]), params))
-    if not keep:
-        return {}
-    x = torch.from_numpy(np.stack(xs).astype(np.float32)).unsqueeze(-1)  # [S, L, 1]
-    device = _inference_device(cfg)
-    out = _forward(build_network(model, device), x.to(device)).numpy()  # [S, H, Q]
-    nv = np.repeat(np.asarray(naive)[:, None], cfg.horizon, axis=1)  # [S, H]
-    scale = recent_scale(x[..., 0].numpy(), cfg.target)  # [S]
-    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg, scale)
-    result = {}
-    for i, (tk, origin, base, params) in enumerate(keep):
-        yhat = scaling.to_price(point[i], base, params, cfg.target)  # [H]
-        lo = scaling.to_price(lower[i], base, params, cfg.target)
-        hi = scaling.to_price(upper[i], base, params, cfg.target)
-        result[tk] = PathForecast(
-            tk, origin, base, yhat, np.minimum(lo, yhat), np.maximum(hi, yhat)
-        )
-    return result
-
-
-def score(
-    model: TrainedModel,
-    series: Mapping[str, pd.Series],
-    *,
-    after: dt.date,
-    through: dt.date,
-    window: int,
-) -> Score:
-    """Out-of-sample RMSE of the model vs persistence in normalized units.
-
-    Origins ``o >= after`` (normally ``model.trained_through``); targets ``o+h`` for every
-    ``h = 1..H``, counted on each series' own trading days, that fall among the newest
-    ``window`` trading days of the series in ``(after, through]``. Persistence (no change) is
-    scored on exactly the same (origin, horizon) pairs. One batched forward pass.
-    """
-    cfg = model.config
-    L, H = cfg.input_len, cfg.horizon
-    after64 = np.datetime64(after, "D")
-    xs, ys, nvs, masks = [], [], [], []
-    for tk, s in series.items():
-        d, c = _clean(s, through, tk)
-        n = len(c)
-        if n < L + 2:
-            continue
-        params = _scaler_for(model, tk, c[d <= after64])
-        if params is None:
-            continue
-        first_origin = max(int(np.searchsorted(d, after64, "left")), L)
-        first_target = max(int(np.searchsorted(d, after64, "right")), n - window)
-        if first_origin > n - 2 or first_target > n - 1:
-            continue
-        t = np.arange(first_origin, n - 1)  # [T] origins with at least one target
-        x = scaling.inputs(c, params, cfg.target)  # [n]
-        lv = np.concatenate([scaling.levels(c, params, cfg.target), np.full(H, np.nan)])
-        lvw = sliding_window_view(lv, H + 1)[t]  # [T, H+1]
-        pos = t[:, None] + np.arange(1, H + 1)  # [T, H] target positions
-        mask = (pos <= n - 1) & (pos >= first_target)  # [T, H]
-        keep = mask.any(axis=1)
-        t, lvw, mask = t[keep], lvw[keep], mask[keep]
-        xs.append(sliding_window_view(x, L)[t - L + 1])  # [T, L]
-        if cfg.target == "log_return":
-            ys.append(lvw[:, 1:] - lvw[:, :1])  # [T, H]
-            nvs.append(np.zeros((len(t), H)))
-        else:
-            ys.append(lvw[:, 1:])
-            nvs.append(np.repeat(lvw[:, :1], H, axis=1))
-        masks.append(mask)
-    if not xs:
-        return Score(math.nan, math.nan, 0)
-    x_all = torch.from_numpy(np.concatenate(xs).astype(np.float32)).unsqueeze(-1)  # [N, L, 1]
-    device = _inference_device(cfg)
-    out = _forward(build_network(model, device), x_all.to(device)).numpy()  # [N, H, Q]
-    y, nv, mask = np.concatenate(ys), np.concatenate(nvs), np.concatenate(masks)  # [N, H]
-    scale = recent_scale(x_all[..., 0].numpy(), cfg.target)  # [N]
-    point = apply_calibration(out, nv, model.calibration, cfg, scale)[0]
-    y = np.where(mask, y, 0.0)  # masked targets may be NaN (past the series end)
-    # An h-step log-return has ~sqrt(h) times the spread of a one-step one; dividing by sqrt(h)
-    # puts every horizon in the same unit (about 1 on the training span), so an absolute
-    # threshold means the same thing whatever H is. The ratio to naive is unaffected.
-    per_h = np.sqrt(np.arange(1, H + 1)) if cfg.target == "log_return" else np.ones(H)  # [H]
-    err, nerr = ((point - y) / per_h)[mask], ((nv - y) / per_h)[mask]
-    return Score(_rmse(err), _rmse(nerr), int(mask.sum()))

@@ -6,6 +6,9 @@ the flat index ``t`` of its last input observation. Inputs are ``x[t-L+1 .. t]``
 are read from the levels at ``t+1 .. t+H``. Only index arrays of origins are kept; the windows
 themselves are strided views (``sliding_window_view`` / ``Tensor.unfold``), so memory does not
 grow with ``L``: a batch is materialized by fancy-indexing the view with a few hundred origins.
+
+Series arrive as pandas closes indexed by trading date; :func:`clean_closes` turns each into the
+sorted, finite, positive arrays that :func:`build_panel` (and inference) work on.
 """
 
 from __future__ import annotations
@@ -15,10 +18,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from forecasting.model import scaling
+
+
+def clean_closes(s: pd.Series, through: dt.date | None) -> tuple[np.ndarray, np.ndarray]:
+    """Dates (``datetime64[D]``) and closes of one series, ascending, finite and positive,
+    with everything after ``through`` dropped (defense in depth: leakage is designed out)."""
+    if len(s) == 0:
+        return np.empty(0, dtype="datetime64[D]"), np.empty(0)
+    dates = np.asarray(pd.to_datetime(pd.Index(s.index)).values, dtype="datetime64[D]")
+    closes = pd.to_numeric(pd.Series(s.to_numpy(), copy=False), errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+    ok = np.isfinite(closes) & (closes > 0)
+    if through is not None:
+        ok &= dates <= np.datetime64(through, "D")
+    dates, closes = dates[ok], closes[ok]
+    order = np.argsort(dates, kind="stable")
+    dates, closes = dates[order], closes[order]
+    if len(dates) > 1:
+        # A duplicated date keeps its last value, as a re-sent bar would.
+        last = np.r_[dates[1:] != dates[:-1], True]
+        dates, closes = dates[last], closes[last]
+    return dates, closes
 
 
 @dataclass(frozen=True)
@@ -183,8 +209,3 @@ class TensorWindows:
         if self.target == "log_return":
             return torch.zeros(len(idx), self.horizon, device=self.x.device)
         return self.level[idx].float().unsqueeze(1).expand(-1, self.horizon)  # [B, H]
-
-
-def to_datetime64(values: Sequence[dt.date] | np.ndarray) -> np.ndarray:
-    """Dates (``datetime.date``, strings or datetime64) as ``datetime64[D]``."""
-    return np.asarray(values, dtype="datetime64[D]")

@@ -25,8 +25,10 @@ from forecasting.data.locks import scope_lock
 from forecasting.data.prices import load_closes
 from forecasting.data.schema import forecast_staging, model_checks, pipeline_runs, prices
 from forecasting.model import registry
+from forecasting.model.inference import predict, score
 from forecasting.model.lstm import ModelConfig
-from forecasting.model.training import TrainedModel, fit, predict, score
+from forecasting.model.trained_model import TrainedModel
+from forecasting.model.training import fit
 from forecasting.pipeline import runs
 from forecasting.pipeline.forecast_store import (
     WriteResult,

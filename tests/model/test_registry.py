@@ -16,9 +16,11 @@ from sqlalchemy.engine import Engine
 
 from forecasting.data.schema import model_versions
 from forecasting.model import registry
+from forecasting.model.inference import predict
 from forecasting.model.lstm import ModelConfig
 from forecasting.model.registry import CheckpointError
-from forecasting.model.training import TrainedModel, fit, predict
+from forecasting.model.trained_model import TrainedModel
+from forecasting.model.training import fit
 
 CFG = ModelConfig(
     input_len=15,

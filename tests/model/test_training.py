@@ -13,15 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
+from forecasting.model.inference import Score, predict, score
 from forecasting.model.lstm import ModelConfig
-from forecasting.model.training import (
-    Score,
-    TrainedModel,
-    fit,
-    fit_per_ticker,
-    predict,
-    score,
-)
+from forecasting.model.trained_model import TrainedModel
+from forecasting.model.training import fit, fit_per_ticker
 
 SMALL = ModelConfig(
     input_len=20,
@@ -246,22 +241,6 @@ def test_training_on_real_prices_lowers_the_validation_loss(shared_data: Path) -
     assert min(h["val_loss"] for h in m.history[1:]) < m.history[0]["val_loss"]
     assert m.val_rmse <= m.val_naive_rmse
     assert all(v["std"] > 0.005 for v in m.scalers.values())
-
-
-def test_shrink_is_zero_without_evidence_and_near_one_with_it() -> None:
-    """Predictions unrelated to the outcome get factor 0 (pure persistence); predictions that
-    carry most of the outcome keep a factor close to the least-squares one."""
-    from forecasting.model.training import shrink_factors
-
-    rng = np.random.default_rng(0)
-    n, h = 2000, 3
-    groups = np.repeat(np.arange(200), 10)  # 10 series share each origin date
-    d = rng.normal(size=(n, h))
-    noise = rng.normal(size=(n, h))
-    a, a_ls, se = shrink_factors(d, noise, groups)
-    assert np.all(a == 0.0) and np.all(se > 0)
-    a, a_ls, _ = shrink_factors(d, 0.8 * d + 0.3 * noise, groups)
-    assert np.all(a > 0.7) and np.all(a <= a_ls)
 
 
 def test_a_gpu_trained_model_forecasts_on_the_cpu() -> None:

@@ -1,0 +1,189 @@
+"""Use a trained model: forecast paths from the latest closes, score it out of sample.
+
+Both go through one batched forward pass over all tickers, and both apply the model's
+calibration (:mod:`forecasting.model.calibration`), so what is scored is what is forecast.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+
+from forecasting.model import scaling
+from forecasting.model.calibration import apply_calibration, recent_scale, rmse
+from forecasting.model.trained_model import (
+    TrainedModel,
+    build_network,
+    forward,
+    inference_device,
+)
+from forecasting.model.windows import clean_closes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PathForecast:
+    """A forecast path from ``origin`` for horizons ``1..H`` in price units."""
+
+    ticker: str
+    origin: dt.date
+    base_close: float
+    yhat: np.ndarray  # [H]
+    lower: np.ndarray  # [H]
+    upper: np.ndarray  # [H]
+
+
+@dataclass(frozen=True)
+class Score:
+    """Out-of-sample RMSE of the model and of persistence, in normalized units."""
+
+    rmse: float
+    naive_rmse: float
+    n: int
+
+    @property
+    def ratio(self) -> float:
+        """``rmse / naive_rmse``; nan when there was nothing to score."""
+        if self.n == 0 or not self.naive_rmse > 0:
+            return math.nan
+        return self.rmse / self.naive_rmse
+
+
+def _as_date(d: np.datetime64) -> dt.date:
+    return dt.date.fromisoformat(str(d.astype("datetime64[D]")))
+
+
+def _scaler_for(
+    model: TrainedModel, ticker: str, past_closes: np.ndarray
+) -> dict[str, float] | None:
+    """The stored scaler, or — for a ticker the model never saw — one fitted on the closes
+    passed in, which are the ticker's own past (the caller cuts them at the forecast origin or
+    at the model's cutoff). ``None`` when there is too little to fit."""
+    params = model.scalers.get(ticker)
+    if params is not None:
+        return params
+    if len(past_closes) < 2:
+        return None
+    return scaling.fit_scaler(past_closes, model.config.target, name=ticker)
+
+
+def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, PathForecast]:
+    """Forecast paths from the last ``input_len`` observations of each series.
+
+    The caller cuts each series at the forecast origin. ``base_close`` is the last close and the
+    ``log_return`` paths are ``base_close * exp(cumulative predicted log-return)``. All tickers go
+    through one batched forward pass. Tickers with fewer than ``input_len + 1`` closes are
+    omitted. A ticker without a stored scaler (not in the training set of a global model) gets a
+    scaler fitted on the closes passed in, i.e. its own past.
+    """
+    cfg = model.config
+    L = cfg.input_len
+    keep: list[tuple[str, dt.date, float, dict[str, float]]] = []
+    xs: list[np.ndarray] = []
+    naive: list[float] = []
+    for tk, s in series.items():
+        d, c = clean_closes(s, None)
+        if len(c) < L + 1:
+            log.debug("no forecast for %s: %d closes, need %d", tk, len(c), L + 1)
+            continue
+        params = _scaler_for(model, tk, c)
+        if params is None:
+            continue
+        tail = c[-(L + 1) :]  # [L+1]
+        xs.append(scaling.inputs(tail, params, cfg.target)[1:])  # [L]
+        naive.append(
+            0.0
+            if cfg.target == "log_return"
+            else float(scaling.levels(tail[-1:], params, cfg.target)[0])
+        )
+        keep.append((tk, _as_date(d[-1]), float(c[-1]), params))
+    if not keep:
+        return {}
+    x = torch.from_numpy(np.stack(xs).astype(np.float32)).unsqueeze(-1)  # [S, L, 1]
+    device = inference_device(cfg)
+    out = forward(build_network(model, device), x.to(device)).numpy()  # [S, H, Q]
+    nv = np.repeat(np.asarray(naive)[:, None], cfg.horizon, axis=1)  # [S, H]
+    scale = recent_scale(x[..., 0].numpy(), cfg.target)  # [S]
+    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg, scale)
+    result = {}
+    for i, (tk, origin, base, params) in enumerate(keep):
+        yhat = scaling.to_price(point[i], base, params, cfg.target)  # [H]
+        lo = scaling.to_price(lower[i], base, params, cfg.target)
+        hi = scaling.to_price(upper[i], base, params, cfg.target)
+        result[tk] = PathForecast(
+            tk, origin, base, yhat, np.minimum(lo, yhat), np.maximum(hi, yhat)
+        )
+    return result
+
+
+def score(
+    model: TrainedModel,
+    series: Mapping[str, pd.Series],
+    *,
+    after: dt.date,
+    through: dt.date,
+    window: int,
+) -> Score:
+    """Out-of-sample RMSE of the model vs persistence in normalized units.
+
+    Origins ``o >= after`` (normally ``model.trained_through``); targets ``o+h`` for every
+    ``h = 1..H``, counted on each series' own trading days, that fall among the newest
+    ``window`` trading days of the series in ``(after, through]``. Persistence (no change) is
+    scored on exactly the same (origin, horizon) pairs. One batched forward pass.
+    """
+    cfg = model.config
+    L, H = cfg.input_len, cfg.horizon
+    after64 = np.datetime64(after, "D")
+    xs, ys, nvs, masks = [], [], [], []
+    for tk, s in series.items():
+        d, c = clean_closes(s, through)
+        n = len(c)
+        if n < L + 2:
+            continue
+        params = _scaler_for(model, tk, c[d <= after64])
+        if params is None:
+            continue
+        first_origin = max(int(np.searchsorted(d, after64, "left")), L)
+        first_target = max(int(np.searchsorted(d, after64, "right")), n - window)
+        if first_origin > n - 2 or first_target > n - 1:
+            continue
+        t = np.arange(first_origin, n - 1)  # [T] origins with at least one target
+        x = scaling.inputs(c, params, cfg.target)  # [n]
+        lv = np.concatenate([scaling.levels(c, params, cfg.target), np.full(H, np.nan)])
+        lvw = sliding_window_view(lv, H + 1)[t]  # [T, H+1]
+        pos = t[:, None] + np.arange(1, H + 1)  # [T, H] target positions
+        mask = (pos <= n - 1) & (pos >= first_target)  # [T, H]
+        keep = mask.any(axis=1)
+        t, lvw, mask = t[keep], lvw[keep], mask[keep]
+        xs.append(sliding_window_view(x, L)[t - L + 1])  # [T, L]
+        if cfg.target == "log_return":
+            ys.append(lvw[:, 1:] - lvw[:, :1])  # [T, H]
+            nvs.append(np.zeros((len(t), H)))
+        else:
+            ys.append(lvw[:, 1:])
+            nvs.append(np.repeat(lvw[:, :1], H, axis=1))
+        masks.append(mask)
+    if not xs:
+        return Score(math.nan, math.nan, 0)
+    x_all = torch.from_numpy(np.concatenate(xs).astype(np.float32)).unsqueeze(-1)  # [N, L, 1]
+    device = inference_device(cfg)
+    out = forward(build_network(model, device), x_all.to(device)).numpy()  # [N, H, Q]
+    y, nv, mask = np.concatenate(ys), np.concatenate(nvs), np.concatenate(masks)  # [N, H]
+    scale = recent_scale(x_all[..., 0].numpy(), cfg.target)  # [N]
+    point = apply_calibration(out, nv, model.calibration, cfg, scale)[0]
+    y = np.where(mask, y, 0.0)  # masked targets may be NaN (past the series end)
+    # An h-step log-return has ~sqrt(h) times the spread of a one-step one; dividing by sqrt(h)
+    # puts every horizon in the same unit (about 1 on the training span), so an absolute
+    # threshold means the same thing whatever H is. The ratio to naive is unaffected.
+    per_h = np.sqrt(np.arange(1, H + 1)) if cfg.target == "log_return" else np.ones(H)  # [H]
+    err, nerr = ((point - y) / per_h)[mask], ((nv - y) / per_h)[mask]
+    return Score(rmse(err), rmse(nerr), int(mask.sum()))
