@@ -1,6 +1,7 @@
-"""Reading prices back, point in time.
+"""The ``prices`` table: validated bars written in, closes read back point in time.
 
-:func:`load_closes` never reads a row after ``through``: the cutoff is in the SQL, so nothing a
+:func:`upsert_prices` compares a batch with the stored rows in one query and writes only what is
+new or really changed, so writing the same bars twice changes nothing. :func:`load_closes` never reads a row after ``through``: the cutoff is in the SQL, so nothing a
 model or a scaler sees can come from the future of its as-of date. Split adjustment is computed
 at read time from ``adj_factor`` (forward-adjusted as of ``through``), never stored, because a
 forward-adjusted history changes every time a new split arrives.
@@ -14,11 +15,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import String, and_, func, select, type_coerce
+from sqlalchemy import String, and_, bindparam, func, select, type_coerce, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from forecasting.data.schema import prices, securities
+from forecasting.data.sources.base import VALUE_COLUMNS
 
 
 def load_closes(
@@ -120,3 +122,140 @@ def last_price_dates(conn: Connection) -> dict[str, dt.date]:
     c = prices.c
     rows = conn.execute(select(c.ticker, func.max(c.trade_date)).group_by(c.ticker)).all()
     return {t: d for t, d in rows}
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+# Prices are stored as 8-byte floats on both backends, so a value read back equals the value
+# written; any difference beyond rounding noise is a real correction from the source.
+RTOL = 1e-9
+ATOL = 1e-12
+
+
+def upsert_prices(
+    conn: Connection,
+    ticker: str,
+    clean: pd.DataFrame,
+    *,
+    source: str,
+    ingested_at: dt.datetime,
+) -> tuple[int, int, int]:
+    """Write validated bars (one per date) for ``ticker``; returns (inserted, updated, unchanged).
+
+    Stored rows for the batch's date range are read in one query and compared in numpy; rows
+    within :data:`RTOL` of what is stored are not written at all. The caller owns the
+    transaction.
+    """
+    if clean.empty:
+        return 0, 0, 0
+    lo, hi = clean["trade_date"].iloc[0], clean["trade_date"].iloc[-1]
+    c = prices.c
+    rows = conn.execute(
+        select(c.trade_date, *(c[k] for k in VALUE_COLUMNS)).where(
+            and_(c.ticker == ticker, c.trade_date >= lo, c.trade_date <= hi)
+        )
+    ).all()
+    pos = np.full(len(clean), -1)
+    if rows:
+        # Plain columns, not a DataFrame of Row objects: building one costs more than the query.
+        stored_dates, *stored_values = zip(*rows, strict=True)
+        stored = np.array(stored_values, dtype="float64").T  # [n_stored, 7]; NULL -> NaN
+        pos = pd.Index(stored_dates).get_indexer(clean["trade_date"].tolist())
+    is_new = pos < 0
+    same = np.zeros(len(clean), dtype=bool)
+    if rows and (~is_new).any():
+        old = stored[pos[~is_new]]  # [n_matched, 7]
+        new = clean[list(VALUE_COLUMNS)].to_numpy(dtype="float64")[~is_new]  # [n_matched, 7]
+        same[~is_new] = np.isclose(new, old, rtol=RTOL, atol=ATOL, equal_nan=True).all(axis=1)
+    changed = ~is_new & ~same
+
+    inserts = clean[is_new]
+    if not inserts.empty:
+        _bulk_insert(conn, ticker, inserts, source, ingested_at)
+    if changed.any():
+        params = _records(clean.loc[changed, ["trade_date", *VALUE_COLUMNS]])
+        for p in params:
+            p["b_date"] = p.pop("trade_date")
+            p["source"] = source
+            p["ingested_at"] = ingested_at
+        conn.execute(
+            update(prices)
+            .where(and_(c.ticker == ticker, c.trade_date == bindparam("b_date")))
+            .values({k: bindparam(k) for k in (*VALUE_COLUMNS, "source", "ingested_at")}),
+            params,
+        )
+    return int(is_new.sum()), int(changed.sum()), int(same.sum())
+
+
+def _bulk_insert(
+    conn: Connection, ticker: str, rows: pd.DataFrame, source: str, ingested_at: dt.datetime
+) -> None:
+    """Insert rows known to be new, below SQLAlchemy's per-row parameter handling.
+
+    Building a parameter dict per row and running it through the compiled statement costs more
+    than the database's own work, so tuples go straight to the driver inside the caller's
+    transaction: ``COPY`` on Postgres, ``executemany`` on SQLite.
+    """
+    columns = ["ticker", "trade_date", *VALUE_COLUMNS, "source", "ingested_at"]
+    floats = [_nullable(rows[c].to_numpy(dtype="float64")) for c in VALUE_COLUMNS]
+    n = len(rows)
+    prep = conn.dialect.identifier_preparer
+    table = prep.format_table(prices)
+    names = ", ".join(prep.quote(c) for c in columns)
+    if conn.dialect.name == "postgresql":
+        # The rows were just found missing in this transaction; a concurrent writer inserting
+        # the same key makes this ticker fail with a unique violation (and the run say so).
+        dates = rows["trade_date"].tolist()
+        tuples = zip([ticker] * n, dates, *floats, [source] * n, [ingested_at] * n, strict=True)
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as cp:  # type: ignore[union-attr]
+            for row in tuples:
+                cp.write_row(row)
+        return
+    # Bind values exactly as SQLAlchemy would store them, so reads through it see no difference.
+    dialect = conn.dialect
+    to_date = prices.c.trade_date.type.dialect_impl(dialect).bind_processor(dialect) or _same
+    to_stamp = prices.c.ingested_at.type.dialect_impl(dialect).bind_processor(dialect) or _same
+    dates = rows["trade_date"].tolist()
+    # SQLite stores a DATE as its ISO string; isoformat() is that, several times faster than
+    # the generic processor. Checked on the first row, so another storage format still works.
+    if dates and to_date(dates[0]) == dates[0].isoformat():
+        dates = [d.isoformat() for d in dates]
+    else:
+        dates = [to_date(d) for d in dates]
+    stamp = to_stamp(ingested_at)
+    tuples = zip([ticker] * n, dates, *floats, [source] * n, [stamp] * n, strict=True)
+    marks = ", ".join("?" for _ in columns)
+    conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(tuples))
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _nullable(values: np.ndarray) -> list[float | None]:
+    """Floats with NaN as None: missing values must land as NULL, not as a NaN float."""
+    out: list[float | None] = values.tolist()
+    if np.isnan(values).any():
+        for i in np.flatnonzero(np.isnan(values)):
+            out[i] = None
+    return out
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Row dicts with NaN as None (NULL), the way the database must receive missing values."""
+    obj = frame.astype("object")
+    return obj.where(frame.notna(), None).to_dict("records")  # type: ignore[return-value]
+
+
+def stored_spans(conn: Connection, tickers: list[str]) -> dict[str, tuple[dt.date, dt.date]]:
+    """The first and last stored trade date of each of ``tickers`` that has rows."""
+    if not tickers:
+        return {}
+    c = prices.c
+    rows = conn.execute(
+        select(c.ticker, func.min(c.trade_date), func.max(c.trade_date))
+        .where(c.ticker.in_(tickers))
+        .group_by(c.ticker)
+    ).all()
+    return {t: (lo, hi) for t, lo, hi in rows}

@@ -14,9 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from forecasting.data.calendar import TradingCalendar
-from forecasting.data.ingest import IngestReport, ingest, plan_ranges, validate_bars
+from forecasting.data.ingest import IngestReport, ingest, plan_ranges
 from forecasting.data.schema import ingest_runs, prices, rejected_rows, securities, trading_calendar
 from forecasting.data.sources.base import BAR_COLUMNS, Security, SourceError
+from forecasting.data.validation import validate_bars
 
 D = dt.date
 END = D(2024, 2, 9)

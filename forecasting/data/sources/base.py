@@ -25,6 +25,7 @@ BAR_COLUMNS: tuple[str, ...] = (
     "amount",
     "adj_factor",
 )
+VALUE_COLUMNS: tuple[str, ...] = BAR_COLUMNS[2:]  # a bar's values, after ticker and trade_date
 
 
 class SourceError(RuntimeError):
