@@ -39,8 +39,11 @@ from forecasting.data.ingest import ingest  # noqa: E402
 from forecasting.data.schema import forecasts, pipeline_runs, prices  # noqa: E402
 from forecasting.data.sources import make_source  # noqa: E402
 from forecasting.data.sources.base import BAR_COLUMNS, Security  # noqa: E402
-from forecasting.pipeline.daily import forecast, run_pipeline, scope_units, train  # noqa: E402
+from forecasting.pipeline.daily import run_pipeline  # noqa: E402
+from forecasting.pipeline.forecast import forecast  # noqa: E402
 from forecasting.pipeline.forecast_store import write_forecasts  # noqa: E402
+from forecasting.pipeline.refit import train  # noqa: E402
+from forecasting.pipeline.scopes import scope_units  # noqa: E402
 from forecasting.settings import ModelSettings, Settings  # noqa: E402
 
 AS_OF = dt.date(2018, 12, 28)

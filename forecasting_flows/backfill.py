@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from forecasting.pipeline import backfill as bf
 from forecasting.settings import Settings
-from forecasting_flows.common import FlowDate, engine_for, parse_date, settings
+from forecasting_flows.common import FlowDate, SettingsTaskRunner, engine_for, parse_date, settings
 
 
 @task(name="plan", task_run_name="plan", cache_policy=NO_CACHE, persist_result=False)
@@ -51,7 +51,7 @@ def day_task(
     )
 
 
-@flow(name="backfill", log_prints=True)
+@flow(name="backfill", log_prints=True, task_runner=SettingsTaskRunner())
 def backfill(
     start: FlowDate,
     end: FlowDate,

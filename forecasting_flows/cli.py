@@ -169,7 +169,7 @@ def cmd_prices(args: argparse.Namespace, s: Settings) -> int:
 
 def cmd_calendar(args: argparse.Namespace, s: Settings) -> int:
     from forecasting.data.calendar import TradingCalendar
-    from forecasting.pipeline.daily import target_dates
+    from forecasting.pipeline.forecast import target_dates
 
     with _engine(s).connect() as conn:
         cal = TradingCalendar.load(conn, exchange=s.exchange)
@@ -183,7 +183,7 @@ def cmd_calendar(args: argparse.Namespace, s: Settings) -> int:
 
 
 def cmd_train(args: argparse.Namespace, s: Settings) -> int:
-    from forecasting.pipeline.daily import train
+    from forecasting.pipeline.refit import train
 
     engine = _engine(s)
     outcomes = train(engine, s, through=args.through, finetune=args.finetune)
@@ -258,13 +258,14 @@ def _print_summary(summary: Any, s: Settings) -> None:
 
 
 def _run_daily(s: Settings, **params: Any) -> Any:
-    from forecasting_flows.daily import daily_with_runner
+    from forecasting_flows.daily import daily
 
-    return daily_with_runner(s)(**params)
+    return daily(**params)  # its task runner comes from the settings, at each run
 
 
 def cmd_run(args: argparse.Namespace, s: Settings) -> int:
-    from forecasting.pipeline.daily import RunSummary, run_pipeline
+    from forecasting.pipeline.daily import run_pipeline
+    from forecasting.pipeline.summary import RunSummary
 
     today = _today(args)
     tickers = _tickers(args.tickers)

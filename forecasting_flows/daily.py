@@ -1,11 +1,13 @@
-"""Flow ``daily``: ingest → check → decide → fine-tune / retrain / keep → forecast → write → summary.
+"""Flow ``daily``: ingest, then the library's composition of a day's run as tasks: plan the day,
+check and refit each scope, forecast in shards, publish, summarize.
 
-Run by the ``daily`` deployment after the A-share close (Asia/Shanghai). Each step is a task
-that calls into ``forecasting.pipeline.daily``; tasks exchange plain dataclasses, never torch objects.
-Only tasks that write to the database retry (ingest, the forecast shards, which stage their
-rows, and the write that publishes them); their writes are idempotent, so a retry cannot
-duplicate. Caching is off and results are not persisted on purpose:
-every input lives in the database, and a stale cached forecast would be worse than recomputing.
+Run by the ``daily`` deployment after the A-share close (Asia/Shanghai). The steps and their
+order are ``forecasting.pipeline.daily``'s (:func:`~forecasting.pipeline.daily.run_pipeline`
+runs the same functions without Prefect); this module only makes them tasks. Tasks exchange
+plain dataclasses, never torch objects. Only tasks that write to the database retry (ingest,
+the forecast shards, which stage their rows, and the publish); their writes are idempotent, so
+a retry cannot duplicate. Caching is off and results are not persisted on purpose: every input
+lives in the database, and a stale cached forecast would be worse than recomputing.
 """
 
 from __future__ import annotations
@@ -18,46 +20,48 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.utilities.annotations import quote
+from prefect.utilities.annotations import quote, unmapped
 
-from forecasting.data.calendar import TradingCalendar
 from forecasting.data.locks import scope_lock
 from forecasting.pipeline import daily as pipeline
+from forecasting.pipeline.check import ScopeCheck, check_scope
+from forecasting.pipeline.forecast import ForecastBatch, forecast_shard
 from forecasting.pipeline.forecast_store import WriteResult
+from forecasting.pipeline.refit import ScopeOutcome, apply_decision
+from forecasting.pipeline.scopes import shanghai_today
+from forecasting.pipeline.summary import RunSummary
 from forecasting.settings import Settings
-from forecasting_flows.common import (
-    FlowDate,
-    SettingsTaskRunner,
-    engine_for,
-    settings,
-    task_runner,
-)
+from forecasting_flows.common import FlowDate, SettingsTaskRunner, engine_for, settings
 from forecasting_flows.ingest import ingest_sharded
 
 TASK_OPTS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
+#: Scheduled and manual daily runs share the live lineage; backfills have their own.
+LINEAGE = "live"
 
 
-@task(name="resolve-as-of", task_run_name="resolve-as-of", **TASK_OPTS)
-def resolve_as_of_task(s: Settings, today: dt.date, tickers: list[str] | None) -> dt.date | None:
-    return pipeline.resolve_as_of(engine_for(s.database_url), today, tickers)
+@task(name="plan", task_run_name="plan", **TASK_OPTS)
+def plan_task(
+    s: Settings, as_of: dt.date | None, today: dt.date, tickers: list[str] | None
+) -> pipeline.DayPlan | RunSummary:
+    return pipeline.plan_day(
+        engine_for(s.database_url), s, as_of=as_of, today=today, lineage=LINEAGE, tickers=tickers
+    )
 
 
 @task(name="check", task_run_name="check-{scope}", **TASK_OPTS)
 def check_task(
     s: Settings, as_of: dt.date, scope: str, tickers: list[str], force_retrain: bool
-) -> pipeline.ScopeCheck:
-    return pipeline.check_scope(
+) -> ScopeCheck:
+    return check_scope(
         engine_for(s.database_url), s, as_of, scope, tickers, force_retrain=force_retrain
     )
 
 
 @task(name="refit", task_run_name="refit-{scope}", **TASK_OPTS)
-def refit_task(
-    s: Settings, as_of: dt.date, scope: str, check: pipeline.ScopeCheck, run_id: str
-) -> pipeline.ScopeOutcome:
-    """Apply the check's decision to ``scope``: keep, fine-tune or retrain (and record it).
-    Compute task: no retries (a failed training is a bug or bad data, not a network blip)."""
-    return pipeline.apply_decision(engine_for(s.database_url), s, as_of, check, run_id=run_id)
+def refit_task(s: Settings, as_of: dt.date, scope: str, check: ScopeCheck) -> ScopeOutcome:
+    """Carry out the check's decision for ``scope``: keep, fine-tune or retrain; the publish
+    commits it. Compute task: no retries (a failed training is a bug or bad data)."""
+    return apply_decision(engine_for(s.database_url), s, as_of, check)
 
 
 @task(
@@ -72,14 +76,14 @@ def forecast_task(
     as_of: dt.date,
     units: dict[str, list[str]],
     run_id: str,
-    lineage: str,
+    versions: dict[str, int | None],
     shard: int,
-) -> pipeline.ForecastBatch:
+) -> ForecastBatch:
     """Forecast one shard and stage its rows in the database; returns counts and skips, not
     rows. Retried like the other database writers: a retry re-stages the same tickers, and the
     forward pass it repeats is deterministic and cheap next to training."""
-    batch = pipeline.forecast_shard(
-        engine_for(s.database_url), s, as_of, units, run_id, lineage=lineage
+    batch = forecast_shard(
+        engine_for(s.database_url), s, as_of, units, run_id, lineage=LINEAGE, versions=versions
     )
     get_run_logger().info(
         "shard %d: %d tickers forecast, %d rows staged, %d skipped",
@@ -92,18 +96,15 @@ def forecast_task(
 
 
 @task(name="publish", task_run_name="publish", retries=2, retry_delay_seconds=5, **TASK_OPTS)
-def write_task(
-    s: Settings,
-    run_id: str,
-    batch: pipeline.ForecastBatch,
-    outcomes: list[pipeline.ScopeOutcome],
+def publish_task(
+    s: Settings, run_id: str, batch: ForecastBatch, outcomes: list[ScopeOutcome]
 ) -> WriteResult:
     """I/O task: one transaction; the upsert is idempotent, so a retry cannot duplicate."""
-    return pipeline.write(engine_for(s.database_url), run_id, batch, outcomes)
+    return pipeline.publish(engine_for(s.database_url), run_id, batch, outcomes)
 
 
 @task(name="summary", task_run_name="summary", **TASK_OPTS)
-def summary_task(s: Settings, summary: pipeline.RunSummary) -> str:
+def summary_task(s: Settings, summary: RunSummary) -> str:
     md = summary.markdown()
     create_markdown_artifact(key="daily-summary", markdown=md, description="Daily forecast run")
     if summary.next_day:
@@ -139,7 +140,7 @@ def shards(units: dict[str, list[str]], size: int) -> list[dict[str, list[str]]]
 
 def _today() -> dt.date:
     scheduled = flow_run.scheduled_start_time
-    return pipeline.shanghai_today(scheduled) if scheduled else pipeline.shanghai_today()
+    return shanghai_today(scheduled) if scheduled else shanghai_today()
 
 
 @flow(name="daily", log_prints=True, task_runner=SettingsTaskRunner())
@@ -150,7 +151,7 @@ def daily(
     tickers: Sequence[str] | None = None,
     ingest: bool = True,
     shard_size: int = 250,
-) -> pipeline.RunSummary:
+) -> RunSummary:
     """Forecast the next H trading days for every eligible ticker and write them to the
     forecasts table, after ingesting the day's prices and checking the model for drift.
 
@@ -168,90 +169,78 @@ def daily(
     log = get_run_logger()
     s = settings()
     engine = engine_for(s.database_url)
-    lineage = "live"
-    explicit = as_of
-    today = explicit or _today()
-    if explicit is None:
-        with engine.connect() as conn:
-            cal = TradingCalendar.load(conn, exchange=s.exchange)
-        if not cal.is_trading_day(today):
-            summary = pipeline.RunSummary(
-                None,
-                None,
-                lineage,
-                "not-a-trading-day",
-                message=f"{today} is not a trading day; nothing to do",
-            )
-            log.info(summary.message)
-            summary_task(s, summary)
-            return summary
+    today = as_of or _today()
+    if as_of is None:
+        closed = pipeline.closed_day(engine, s, today, LINEAGE)
+        if closed is not None:
+            return _finish(s, closed)
+    names = list(tickers) if tickers else None
     if ingest:
-        ingest_sharded(s, tickers=list(tickers) if tickers else None, end=today)
-    with engine.connect() as conn:
-        names = pipeline.universe(conn, s, tickers)
-    resolved = resolve_as_of_task(s, today, names)
-    if resolved is None:
-        summary = pipeline.RunSummary(
-            None, None, lineage, "no-data", message="no prices in the database; ingest first"
-        )
-        summary_task(s, summary)
-        return summary
-    with scope_lock(engine, f"pipeline:{lineage}"):
+        ingest_sharded(s, tickers=names, end=today)
+    plan = plan_task(s, as_of, today, names)
+    if isinstance(plan, RunSummary):
+        return _finish(s, plan)
+    scopes = plan.scopes
+    with scope_lock(engine, pipeline.lineage_lock(LINEAGE)):
         opened = pipeline.open_run(
             engine,
-            resolved,
-            lineage=lineage,
+            plan.as_of,
+            lineage=LINEAGE,
             kind="daily",
             redo=rerun or force_retrain,
             flow_run_id=flow_run.id,
+            scopes=list(scopes),
         )
-        if isinstance(opened, pipeline.RunSummary):
-            log.info(opened.message)
-            summary_task(s, opened)
-            return opened
+        if isinstance(opened, RunSummary):
+            return _finish(s, opened)
         run_id = opened
         try:
-            units = pipeline.scope_units(s, names)
-            scopes = [pipeline.scope_name(lineage, u) for u in units]
             checks = [
-                check_task.submit(s, resolved, scope, t, force_retrain)
-                for scope, t in zip(scopes, units.values(), strict=True)
+                check_task.submit(s, plan.as_of, scope, t, force_retrain)
+                for scope, t in scopes.items()
             ]
             # Each check's value, not its future, goes to its refit: a failed check then raises
             # its own error here, instead of leaving the refit pending ("UnfinishedRun").
             refits = [
-                refit_task.submit(s, resolved, scope, c.result(), run_id)
+                refit_task.submit(s, plan.as_of, scope, c.result())
                 for scope, c in zip(scopes, checks, strict=True)
             ]
-            outcome_values = [o.result() for o in refits]
-            parts_in = shards(units, shard_size)
+            outcomes = [o.result() for o in refits]
+            versions = pipeline.forecast_versions(outcomes)
+            parts_in = shards(plan.units, shard_size)
             parts = forecast_task.map(
-                s, resolved, parts_in, run_id, lineage, range(1, len(parts_in) + 1)
+                s,
+                plan.as_of,
+                parts_in,
+                run_id,
+                unmapped(versions),
+                range(1, len(parts_in) + 1),
             )
-            batch = pipeline.ForecastBatch(resolved)
+            batch = ForecastBatch(plan.as_of)
             for part in parts.result():
                 batch = batch.merge(part)
-            # The shards staged their rows; the write task publishes them in one transaction.
             # quote(): Prefect would otherwise walk every ticker and skip reason in the batch
             # looking for futures; it unwraps it before the call (its stubs don't model that).
-            written = write_task(s, run_id, quote(batch), outcome_values)  # type: ignore[call-overload]
+            written = publish_task(s, run_id, quote(batch), outcomes)  # type: ignore[call-overload]
         except BaseException as exc:
-            pipeline.fail_run(engine, run_id, exc)
+            pipeline.fail_run(engine, run_id, exc, list(scopes))
             raise
     summary = pipeline.finished_summary(
-        engine, run_id, resolved, lineage, outcome_values, batch, written
+        engine, run_id, plan.as_of, LINEAGE, outcomes, batch, written
     )
-    summary_task(s, quote(summary))  # type: ignore[call-overload]
     log.info(
         "as of %s: %s; %d tickers forecast, %d skipped",
-        resolved,
+        plan.as_of,
         summary.decision,
         len(batch.tickers),
         len(batch.skipped),
     )
+    return _finish(s, summary)
+
+
+def _finish(s: Settings, summary: RunSummary) -> RunSummary:
+    """Publish the summary artifact and return the summary (every way out of the flow)."""
+    if summary.message:
+        get_run_logger().info(summary.message)
+    summary_task(s, quote(summary))  # type: ignore[call-overload]
     return summary
-
-
-def daily_with_runner(s: Settings | None = None):
-    """The daily flow with the task runner chosen in settings."""
-    return daily.with_options(task_runner=task_runner(s))

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from forecasting.data.ingest import ingest as ingest_prices
 from forecasting.data.sources import make_source
 from forecasting.settings import Settings
-from forecasting_flows.common import FlowDate, engine_for, settings
+from forecasting_flows.common import FlowDate, SettingsTaskRunner, engine_for, settings
 
 
 @task(
@@ -107,7 +107,7 @@ def _markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@flow(name="ingest", log_prints=True)
+@flow(name="ingest", log_prints=True, task_runner=SettingsTaskRunner())
 def ingest(
     source: Literal["tushare", "csv", "demo"] | None = None,
     tickers: list[str] | None = None,

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    inspect,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -118,7 +119,9 @@ model_versions = Table(
     Column("checkpoint", LargeBinary),
     Column("checkpoint_path", Text),
     Column("checkpoint_sha256", String(64), nullable=False),
-    Column("status", String(16), nullable=False),  # active | retired | rejected
+    Column(
+        "status", String(16), nullable=False
+    ),  # candidate | active | retired | rejected | discarded
     Index(
         "uq_model_versions_active_scope",
         "scope",
@@ -140,7 +143,12 @@ model_checks = Table(
     Column("rmse", Float),
     Column("naive_rmse", Float),
     Column("ratio", Float),
-    Column("threshold", Float),
+    Column("threshold", Float),  # of the trigger that fired
+    # forced | manual | no-model | age | too-few-days | absolute | degradation | relative | within
+    Column("triggered_by", String(16)),
+    Column("baseline_rmse", Float),  # the model's own validation RMSE, in the check's units
+    Column("model_age_days", Integer),  # calendar days since its evidence starts
+    Column("n_scored", Integer),  # errors the check scored (tickers x days x horizons)
     Column("decision", String(16), nullable=False),  # keep | finetune | retrain
     Column("reason", Text, nullable=False),
     Column("new_version_id", Integer, ForeignKey("model_versions.id")),
@@ -256,7 +264,26 @@ def create_all(engine: Engine) -> None:
     """Create every table, index and view. Safe to call again: it changes nothing twice."""
     with engine.begin() as conn:
         metadata.create_all(conn)
+        _add_missing_columns(conn)
         _create_views(conn)
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Bring a database made by an earlier version up to date: add the nullable columns it
+    lacks (``create_all`` creates missing tables only). Nothing else ever changes in place."""
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable:
+                raise RuntimeError(
+                    f"table {table.name} lacks the required column {column.name}; "
+                    "this database was made by an incompatible version"
+                )
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _create_views(conn: Connection) -> None:

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from forecasting.data.schema import model_versions
 from forecasting.model.lstm import ModelConfig
 from forecasting.model.trained_model import TrainedModel
 
-STATUSES = ("candidate", "active", "retired", "rejected")
+STATUSES = ("candidate", "active", "retired", "rejected", "discarded")
 STORES = ("database", "files")
 CHECKPOINT_FORMAT = 1
 
@@ -272,12 +273,16 @@ def active_version(conn: Connection, scope: str = "global") -> VersionInfo | Non
 
 
 def latest_attempt(conn: Connection, scope: str) -> VersionInfo | None:
-    """The scope's newest version by ``trained_through`` (then id), whatever its status: the
-    last refit that was tried, promoted or rejected."""
+    """The scope's newest committed version by ``trained_through`` (then id): the last refit
+    that was tried, promoted or rejected. A candidate that no run published (its run failed
+    or is still going) or a discarded one does not count."""
     row = (
         conn.execute(
             select(model_versions)
-            .where(model_versions.c.scope == scope)
+            .where(
+                model_versions.c.scope == scope,
+                model_versions.c.status.in_(("active", "retired", "rejected")),
+            )
             .order_by(model_versions.c.trained_through.desc(), model_versions.c.id.desc())
         )
         .mappings()
@@ -323,4 +328,16 @@ def set_status(conn: Connection, version_id: int, status: str) -> None:
     _row(conn, version_id)
     conn.execute(
         update(model_versions).where(model_versions.c.id == version_id).values(status=status)
+    )
+
+
+def discard_candidates(conn: Connection, scopes: Sequence[str]) -> None:
+    """Mark the unpublished candidates of ``scopes`` ``discarded``: saved by a run that then
+    failed or died, they never became active and never count as a refit attempt."""
+    if not scopes:
+        return
+    conn.execute(
+        update(model_versions)
+        .where(model_versions.c.scope.in_(list(scopes)), model_versions.c.status == "candidate")
+        .values(status="discarded")
     )

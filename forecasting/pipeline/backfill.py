@@ -34,7 +34,10 @@ from sqlalchemy.engine import Connection, Engine
 from forecasting.data.calendar import TradingCalendar
 from forecasting.data.schema import model_checks, prices
 from forecasting.model import registry
-from forecasting.pipeline.daily import run_pipeline, runs, scope_name, scope_units, universe
+from forecasting.pipeline import runs
+from forecasting.pipeline.daily import run_pipeline
+from forecasting.pipeline.retrain_policy import calendar_due
+from forecasting.pipeline.scopes import scope_name, scope_units, universe
 from forecasting.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -237,7 +240,7 @@ def run_day(
         names = universe(conn, settings, tickers)
         check_point_in_time(conn, settings, lineage, names, as_of)
         age = days_since_refit(conn, settings, lineage, names, as_of) if retrain_every else None
-    forced = bool(retrain_every) and age is not None and age >= (retrain_every or 0)
+    forced = calendar_due(age, retrain_every)
     summary = run_pipeline(
         engine,
         settings,

@@ -1,5 +1,7 @@
 -- Every refit (fine-tune or full retrain) the daily runs and backfills decided, oldest first:
--- why (the drift check's ratio against its threshold, and the reason in words), what it
+-- why (the trigger that fired and its threshold, the check's ratio to naive and its RMSE
+-- against the model's own validation RMSE, the model's age, how many errors were scored, and
+-- the reason in words), what it
 -- produced (the new version, its kind and training cutoff), whether it became active, and
 -- what it cost (training seconds). lineage is NULL for `forecasting train` runs.
 -- Drop the WHERE clause to see every check, the keeps included.
@@ -8,8 +10,13 @@ SELECT c.as_of_date,
        r.lineage,
        c.scope,
        c.decision,
-       c.ratio,
+       c.triggered_by,
        c.threshold,
+       c.ratio,
+       c.rmse,
+       c.baseline_rmse,
+       c.model_age_days,
+       c.n_scored,
        c.reason,
        c.model_version_id AS version_before,
        c.new_version_id,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 from forecasting.data import schema
-from forecasting.data.db import init_db
+from forecasting.data.db import init_db, make_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,3 +48,21 @@ def test_sqlite_and_postgres_get_the_same_columns(sqlite_engine: Engine, pg_engi
 test_sqlite_and_postgres_get_the_same_columns = pytest.mark.postgres(
     test_sqlite_and_postgres_get_the_same_columns
 )
+
+
+def test_init_db_adds_the_columns_a_database_from_an_earlier_version_lacks(
+    sqlite_url: str,
+) -> None:
+    """A database made before ``model_checks`` recorded the trigger and its numbers gets
+    those columns at the next start, with its rows kept; a second start changes nothing."""
+    engine = make_engine(sqlite_url)
+    init_db(engine)
+    with engine.begin() as conn:
+        for column in ("triggered_by", "baseline_rmse", "model_age_days", "n_scored"):
+            conn.execute(text(f"ALTER TABLE model_checks DROP COLUMN {column}"))
+    init_db(engine)
+    init_db(engine)
+    with engine.connect() as conn:
+        names = {c["name"] for c in inspect(conn).get_columns("model_checks")}
+    assert {"triggered_by", "baseline_rmse", "model_age_days", "n_scored"} <= names
+    engine.dispose()

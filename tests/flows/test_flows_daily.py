@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from sqlalchemy import func, select
 
 from forecasting.data.schema import pipeline_runs, prices
-from forecasting.pipeline.daily import RunSummary
+from forecasting.pipeline.summary import RunSummary
 from forecasting_flows.common import engine_for
 from forecasting_flows.daily import daily
 

@@ -17,18 +17,15 @@ from forecasting.data.schema import forecast_staging, forecasts, model_checks, p
 from forecasting.data.sources import make_source
 from forecasting.model import registry
 from forecasting.model.registry import active_version
-from forecasting.pipeline.daily import (
-    check_scope,
-    fail_run,
-    forecast_shard,
-    open_run,
-    run_pipeline,
-    scope_units,
-    target_dates,
-    write,
-)
+from forecasting.pipeline.check import check_scope
+from forecasting.pipeline.daily import fail_run, open_run, publish, run_pipeline
+from forecasting.pipeline.forecast import forecast_shard, target_dates
+from forecasting.pipeline.scopes import scope_units
 from forecasting.settings import ModelSettings, PolicySettings, Settings
 
+#: "Today" for runs with no as-of day: a trading day (a closed day would stop the run), so that
+#: the tests pass on any day of the week; each run resolves to its newest price day.
+TRADING_DAY = dt.date(2026, 12, 1)
 TICKERS = ["000063.SZ", "000157.SZ", "000402.SZ", "000408.SZ", "000166.SZ"]
 SMALL_MODEL = ModelSettings(
     input_len=20,
@@ -93,7 +90,7 @@ def test_end_to_end_writes_every_eligible_ticker_once(
     as_of writes nothing new."""
     load_panel(engine, shared_data, end=dt.date(2016, 6, 30))
     s = small_settings(db_url)
-    first = run_pipeline(engine, s)
+    first = run_pipeline(engine, s, today=TRADING_DAY)
     assert first.status == "success"
     assert first.as_of == dt.date(2016, 6, 30)
     assert first.outcomes[0].action == "retrain"
@@ -111,14 +108,14 @@ def test_end_to_end_writes_every_eligible_ticker_once(
     ]
     assert len(first.next_day) == len(TICKERS)
 
-    second = run_pipeline(engine, s)
+    second = run_pipeline(engine, s, today=TRADING_DAY)
     assert second.status == "already-complete"
     assert forecast_rows(engine) == rows
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(pipeline_runs)).scalar() == 1
 
     # A forced recomputation with the same model replaces, never duplicates.
-    third = run_pipeline(engine, s, rerun=True)
+    third = run_pipeline(engine, s, today=TRADING_DAY, rerun=True)
     assert third.status == "success"
     assert third.written is not None and third.written.inserted == 0
     assert len(forecast_rows(engine)) == len(rows)
@@ -132,7 +129,7 @@ def test_skips_stale_and_short_tickers_with_reasons(
     load_panel(sqlite_engine, shared_data, end=dt.date(2016, 6, 30), tickers=TICKERS[:3])
     load_panel(sqlite_engine, shared_data, end=dt.date(2016, 4, 1), tickers=["000408.SZ"])
     s = small_settings(sqlite_url, min_history=300)
-    summary = run_pipeline(sqlite_engine, s)
+    summary = run_pipeline(sqlite_engine, s, today=TRADING_DAY)
     assert summary.status == "success"
     assert "stale" in summary.skipped["000408.SZ"]
     assert "2016-04-01" in summary.skipped["000408.SZ"]
@@ -163,14 +160,14 @@ def test_quiet_keeps_and_drift_triggers_refit(
     cutoff = dt.date(2016, 6, 30)
     load_panel(sqlite_engine, shared_data, end=cutoff)
     s = small_settings(sqlite_url)
-    run_pipeline(sqlite_engine, s)  # trains the first model through the cutoff
+    run_pipeline(sqlite_engine, s, today=TRADING_DAY)  # trains the first model through the cutoff
     with sqlite_engine.connect() as conn:
         first = active_version(conn, "global")
     assert first is not None and first.trained_through == cutoff
 
     # Quiet: the real next month.
     load_panel(sqlite_engine, shared_data, end=dt.date(2016, 7, 29))
-    quiet = run_pipeline(sqlite_engine, s)
+    quiet = run_pipeline(sqlite_engine, s, today=TRADING_DAY)
     assert quiet.outcomes[0].action == "keep", quiet.outcomes[0].reason
     assert "x its validation RMSE" in quiet.outcomes[0].reason
 
@@ -193,7 +190,7 @@ def test_quiet_keeps_and_drift_triggers_refit(
             progress=False,
         )
     load_panel(sqlite_engine, shared_data, end=dt.date(2016, 8, 31), tickers=TICKERS[3:])
-    drift = run_pipeline(sqlite_engine, s)
+    drift = run_pipeline(sqlite_engine, s, today=TRADING_DAY)
     outcome = drift.outcomes[0]
     assert outcome.action in ("finetune", "retrain"), outcome.reason
     assert "degradation threshold" in outcome.reason
@@ -215,7 +212,7 @@ def test_a_rejected_refit_restarts_the_age_and_evidence_clock(
     arrive and it is old again (before this rule, an age retrain that tied was retried daily)."""
     load_panel(sqlite_engine, shared_data, end=dt.date(2016, 6, 30))
     s = small_settings(sqlite_url, max_age_days=30)
-    run_pipeline(sqlite_engine, s)
+    run_pipeline(sqlite_engine, s, today=TRADING_DAY)
     load_panel(sqlite_engine, shared_data, end=dt.date(2016, 8, 31))
     as_of = dt.date(2016, 8, 31)
 
@@ -234,7 +231,8 @@ def test_a_rejected_refit_restarts_the_age_and_evidence_clock(
     cooling = check_scope(sqlite_engine, s, as_of, "global", TICKERS)
     assert cooling.action == "keep", cooling.reason
     assert cooling.version_id == active.id
-    assert cooling.n == 0
+    # Too few days to judge by: recorded as the trigger, with the numbers it had.
+    assert (cooling.triggered_by, cooling.unseen_days) == ("too-few-days", 2)
     assert "challenger trained through 2016-08-29 was rejected" in cooling.reason
     assert cooling.model_age_days == 2
 
@@ -265,7 +263,7 @@ def test_crash_before_commit_leaves_no_rows_of_that_run(
     event.listen(sqlite_engine, "commit", crash_on_forecast_commit)
     try:
         with pytest.raises(Crash):
-            run_pipeline(sqlite_engine, s)
+            run_pipeline(sqlite_engine, s, today=TRADING_DAY)
     finally:
         event.remove(sqlite_engine, "commit", crash_on_forecast_commit)
     with sqlite_engine.connect() as conn:
@@ -273,7 +271,7 @@ def test_crash_before_commit_leaves_no_rows_of_that_run(
         status = conn.execute(select(pipeline_runs.c.status)).scalars().all()
     assert status == ["failed"]
     # The next run succeeds and is not fooled by the failed one.
-    assert run_pipeline(sqlite_engine, s).status == "success"
+    assert run_pipeline(sqlite_engine, s, today=TRADING_DAY).status == "success"
 
 
 def _count(engine: Engine, table: object) -> int:
@@ -289,7 +287,7 @@ def test_sharded_forecasts_stage_then_publish_in_one_transaction(
     run computes for the same day. A failed run and a run that died leave nothing staged."""
     load_panel(engine, shared_data, end=dt.date(2016, 6, 30))
     s = small_settings(db_url)
-    run_pipeline(engine, s)  # trains the model
+    run_pipeline(engine, s, today=TRADING_DAY)  # trains the model
     load_panel(engine, shared_data, end=dt.date(2016, 7, 29))
     as_of = dt.date(2016, 7, 29)
     before = _count(engine, forecasts)
@@ -309,7 +307,7 @@ def test_sharded_forecasts_stage_then_publish_in_one_transaction(
     assert _count(engine, forecast_staging) == batch.n_staged
     assert _count(engine, forecasts) == before  # nothing visible yet
 
-    written = write(engine, run_id, batch, [])
+    written = publish(engine, run_id, batch, [])
     assert written.inserted == batch.n_staged
     assert _count(engine, forecasts) == before + batch.n_staged
     assert _count(engine, forecast_staging) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from forecasting.pipeline.retrain_policy import (
     Action,
     CheckNumbers,
+    calendar_due,
     challenger_wins,
     decide,
     finetune_insufficient,
@@ -30,19 +32,76 @@ DEG = PolicySettings(
 
 
 @pytest.mark.parametrize(
-    ("numbers", "policy", "force", "action", "reason_part"),
+    ("numbers", "policy", "force", "action", "reason_part", "trigger", "threshold"),
     [
-        (CheckNumbers(False), REL, False, Action.RETRAIN, "no active model"),
-        (CheckNumbers(True, 1.0, 1.0, 50, 10), REL, True, Action.RETRAIN, "forced"),
-        (CheckNumbers(True, 1.0, 1.0, 50, 91), REL, False, Action.RETRAIN, "91 days old"),
-        (CheckNumbers(True, 1.0, 1.0, 50, 90), REL, False, Action.KEEP, "within threshold"),
-        (CheckNumbers(True, 1.04, 1.0, 50, 10), REL, False, Action.KEEP, "within threshold"),
-        (CheckNumbers(True, 1.06, 1.0, 50, 10), REL, False, Action.FINETUNE, "relative threshold"),
-        (CheckNumbers(True, 1.3, 1.0, 0, 10), REL, False, Action.KEEP, "no unseen"),
-        (CheckNumbers(True, 1.1, 2.0, 50, 10), ABS, False, Action.KEEP, "within threshold"),
-        (CheckNumbers(True, 1.3, 2.0, 50, 10), ABS, False, Action.FINETUNE, "absolute threshold"),
-        (CheckNumbers(True, 1.3, 2.0, 50, 10), BOTH, False, Action.FINETUNE, "absolute"),
-        (CheckNumbers(True, 1.1, 1.0, 50, 10), BOTH, False, Action.FINETUNE, "relative"),
+        (CheckNumbers(False), REL, False, Action.RETRAIN, "no active model", "no-model", 1.05),
+        (CheckNumbers(True, 1.0, 1.0, 50, 10), REL, True, Action.RETRAIN, "forced", "forced", 1.05),
+        (
+            CheckNumbers(True, 1.0, 1.0, 50, 91),
+            REL,
+            False,
+            Action.RETRAIN,
+            "91 days old",
+            "age",
+            90,
+        ),
+        (CheckNumbers(True, 1.0, 1.0, 50, 90), REL, False, Action.KEEP, "within", "within", 1.05),
+        (CheckNumbers(True, 1.04, 1.0, 50, 10), REL, False, Action.KEEP, "within", "within", 1.05),
+        (
+            CheckNumbers(True, 1.06, 1.0, 50, 10),
+            REL,
+            False,
+            Action.FINETUNE,
+            "relative threshold",
+            "relative",
+            1.05,
+        ),
+        (
+            CheckNumbers(True, 1.3, 1.0, 0, 10),
+            REL,
+            False,
+            Action.KEEP,
+            "fewer than 5",
+            "too-few-days",
+            5,
+        ),
+        (
+            CheckNumbers(True, 1.3, 1.0, 50, 10, unseen_days=4),
+            REL,
+            False,
+            Action.KEEP,
+            "fewer than 5 unseen",
+            "too-few-days",
+            5,
+        ),
+        (CheckNumbers(True, 1.1, 2.0, 50, 10), ABS, False, Action.KEEP, "within", "within", 1e9),
+        (
+            CheckNumbers(True, 1.3, 2.0, 50, 10),
+            ABS,
+            False,
+            Action.FINETUNE,
+            "absolute threshold",
+            "absolute",
+            1.2,
+        ),
+        (
+            CheckNumbers(True, 1.3, 2.0, 50, 10),
+            BOTH,
+            False,
+            Action.FINETUNE,
+            "absolute",
+            "absolute",
+            1.2,
+        ),
+        (
+            CheckNumbers(True, 1.1, 1.0, 50, 10),
+            BOTH,
+            False,
+            Action.FINETUNE,
+            "relative",
+            "relative",
+            1.05,
+        ),
         # Degradation: check RMSE against the model's own validation RMSE.
         (
             CheckNumbers(True, 1.4, 1.4, 50, 10, 1.0),
@@ -50,19 +109,57 @@ DEG = PolicySettings(
             False,
             Action.KEEP,
             "1.40x its validation",
+            "within",
+            1.05,
         ),
-        (CheckNumbers(True, 1.6, 1.6, 50, 10, 1.0), DEG, False, Action.FINETUNE, "degradation"),
-        (CheckNumbers(True, 1.6, 1.6, 50, 10), DEG, False, Action.KEEP, "within threshold"),
+        (
+            CheckNumbers(True, 1.6, 1.6, 50, 10, 1.0),
+            DEG,
+            False,
+            Action.FINETUNE,
+            "degradation",
+            "degradation",
+            1.5,
+        ),
+        (CheckNumbers(True, 1.6, 1.6, 50, 10), DEG, False, Action.KEEP, "within", "within", 1.05),
     ],
 )
 def test_decide(
-    numbers: CheckNumbers, policy: PolicySettings, force: bool, action: Action, reason_part: str
+    numbers: CheckNumbers,
+    policy: PolicySettings,
+    force: bool,
+    action: Action,
+    reason_part: str,
+    trigger: str,
+    threshold: float,
 ) -> None:
-    """Keep below the threshold, fine-tune above it, retrain when forced, missing or too old."""
+    """Keep below the thresholds (or with too few unseen days to judge), fine-tune above
+    them, retrain when forced, missing or too old; the decision names the trigger that fired
+    and that trigger's threshold, which is what ``model_checks`` records."""
     d = decide(numbers, policy, force_retrain=force)
     assert d.action is action
     assert reason_part in d.reason
-    assert d.threshold == policy.rel_threshold
+    assert (d.trigger, d.threshold) == (trigger, threshold)
+
+
+def test_a_rejected_refit_is_named_in_the_reason() -> None:
+    """When a rejected challenger restarted the clocks, the reason says from when."""
+    since = dt.date(2016, 8, 29)
+    old = decide(CheckNumbers(True, 1.0, 1.0, 50, 91, revalidated_at=since), REL)
+    cooling = decide(CheckNumbers(True, 1.0, 1.0, 50, 2, unseen_days=2, revalidated_at=since), REL)
+    assert "counted from the rejected refit trained through 2016-08-29" in old.reason
+    assert "challenger trained through 2016-08-29 was rejected" in cooling.reason
+
+
+@pytest.mark.parametrize(
+    ("since_refit", "every", "due"),
+    [(None, 20, False), (19, 20, False), (20, 20, True), (50, None, False)],
+)
+def test_the_calendar_policy_retrains_every_n_trading_days(
+    since_refit: int | None, every: int | None, due: bool
+) -> None:
+    """The second policy: a full retrain every N trading days after the last refit."""
+    assert calendar_due(since_refit, every) is due
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from test_evaluation import BACKFILL, D0, D1, D2, D3, populate
 
 from forecasting.evaluation.evaluation import evaluate
 
-QUERIES = Path(__file__).resolve().parents[1] / "sql" / "queries"
+QUERIES = Path(__file__).resolve().parents[2] / "sql" / "queries"
 PARAMS: dict[str, dict[str, Any]] = {
     "latest_forecast_per_ticker.sql": {},
     "forecast_path.sql": {"ticker": "AAA.SH", "as_of": D0},
