@@ -16,15 +16,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from forecasting.pipeline import backfill as bf
-from forecasting.settings import Settings
+from forecasting.pipeline.config import RunConfig
 from forecasting_flows.common import FlowDate, SettingsTaskRunner, engine_for, parse_date, settings
 
 
 @task(name="plan", task_run_name="plan", cache_policy=NO_CACHE, persist_result=False)
 def plan_task(
-    s: Settings, start: dt.date, end: dt.date, tickers: list[str] | None
+    cfg: RunConfig, start: dt.date, end: dt.date, tickers: list[str] | None
 ) -> tuple[list[dt.date], list[dt.date]]:
-    return bf.plan(engine_for(s.database_url), s, start, end, tickers)
+    return bf.plan(engine_for(cfg.database_url), cfg, start, end, tickers)
 
 
 @task(
@@ -34,7 +34,7 @@ def plan_task(
     persist_result=False,
 )
 def day_task(
-    s: Settings,
+    cfg: RunConfig,
     as_of: dt.date,
     lineage: str,
     tickers: list[str] | None,
@@ -42,8 +42,8 @@ def day_task(
 ) -> bf.BackfillDay:
     """Compute task: no retries (a failed day is a bug or bad data; rerun the flow to resume)."""
     return bf.run_day(
-        engine_for(s.database_url),
-        s,
+        engine_for(cfg.database_url),
+        cfg,
         as_of,
         lineage=lineage,
         tickers=tickers,
@@ -77,12 +77,13 @@ def backfill(
         raise ValueError(f"backfill needs start and end dates, got {start!r} and {end!r}")
     lineage = bf.lineage_for(first, last, retrain_every=retrain_every)
     names = list(tickers) if tickers else None
-    days, gaps = plan_task(s, first, last, names)
+    cfg = RunConfig.of(s)  # what the tasks get: no token
+    days, gaps = plan_task(cfg, first, last, names)
     result = bf.BackfillResult(lineage, first, last, missing=gaps)
     bar = bf.progress_bar(len(days), None, lineage)  # on a terminal only (the CLI's)
     try:
         for i, as_of in enumerate(days, start=1):
-            day = day_task(s, as_of, lineage, names, retrain_every)
+            day = day_task(cfg, as_of, lineage, names, retrain_every)
             result.days.append(day)
             log.info("day %d/%d %s", i, len(days), day.line())
             if bar is not None:

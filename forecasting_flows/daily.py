@@ -25,12 +25,12 @@ from prefect.utilities.annotations import quote, unmapped
 from forecasting.data.locks import scope_lock
 from forecasting.pipeline import daily as pipeline
 from forecasting.pipeline.check import ScopeCheck, check_scope
+from forecasting.pipeline.config import RunConfig
 from forecasting.pipeline.forecast import ForecastBatch, forecast_shard
 from forecasting.pipeline.forecast_store import WriteResult
 from forecasting.pipeline.refit import ScopeOutcome, apply_decision
 from forecasting.pipeline.scopes import shanghai_today
 from forecasting.pipeline.summary import RunSummary
-from forecasting.settings import Settings
 from forecasting_flows.common import FlowDate, SettingsTaskRunner, engine_for, settings
 from forecasting_flows.ingest import ingest_sharded
 
@@ -41,27 +41,32 @@ LINEAGE = "live"
 
 @task(name="plan", task_run_name="plan", **TASK_OPTS)
 def plan_task(
-    s: Settings, as_of: dt.date | None, today: dt.date, tickers: list[str] | None
+    cfg: RunConfig, as_of: dt.date | None, today: dt.date, tickers: list[str] | None
 ) -> pipeline.DayPlan | RunSummary:
     return pipeline.plan_day(
-        engine_for(s.database_url), s, as_of=as_of, today=today, lineage=LINEAGE, tickers=tickers
+        engine_for(cfg.database_url),
+        cfg,
+        as_of=as_of,
+        today=today,
+        lineage=LINEAGE,
+        tickers=tickers,
     )
 
 
 @task(name="check", task_run_name="check-{scope}", **TASK_OPTS)
 def check_task(
-    s: Settings, as_of: dt.date, scope: str, tickers: list[str], force_retrain: bool
+    cfg: RunConfig, as_of: dt.date, scope: str, tickers: list[str], force_retrain: bool
 ) -> ScopeCheck:
     return check_scope(
-        engine_for(s.database_url), s, as_of, scope, tickers, force_retrain=force_retrain
+        engine_for(cfg.database_url), cfg, as_of, scope, tickers, force_retrain=force_retrain
     )
 
 
 @task(name="refit", task_run_name="refit-{scope}", **TASK_OPTS)
-def refit_task(s: Settings, as_of: dt.date, scope: str, check: ScopeCheck) -> ScopeOutcome:
+def refit_task(cfg: RunConfig, as_of: dt.date, scope: str, check: ScopeCheck) -> ScopeOutcome:
     """Carry out the check's decision for ``scope``: keep, fine-tune or retrain; the publish
     commits it. Compute task: no retries (a failed training is a bug or bad data)."""
-    return apply_decision(engine_for(s.database_url), s, as_of, check)
+    return apply_decision(engine_for(cfg.database_url), cfg, as_of, check)
 
 
 @task(
@@ -72,7 +77,7 @@ def refit_task(s: Settings, as_of: dt.date, scope: str, check: ScopeCheck) -> Sc
     **TASK_OPTS,
 )
 def forecast_task(
-    s: Settings,
+    cfg: RunConfig,
     as_of: dt.date,
     units: dict[str, list[str]],
     run_id: str,
@@ -83,7 +88,7 @@ def forecast_task(
     rows. Retried like the other database writers: a retry re-stages the same tickers, and the
     forward pass it repeats is deterministic and cheap next to training."""
     batch = forecast_shard(
-        engine_for(s.database_url), s, as_of, units, run_id, lineage=LINEAGE, versions=versions
+        engine_for(cfg.database_url), cfg, as_of, units, run_id, lineage=LINEAGE, versions=versions
     )
     get_run_logger().info(
         "shard %d: %d tickers forecast, %d rows staged, %d skipped",
@@ -97,14 +102,14 @@ def forecast_task(
 
 @task(name="publish", task_run_name="publish", retries=2, retry_delay_seconds=5, **TASK_OPTS)
 def publish_task(
-    s: Settings, run_id: str, batch: ForecastBatch, outcomes: list[ScopeOutcome]
+    cfg: RunConfig, run_id: str, batch: ForecastBatch, outcomes: list[ScopeOutcome]
 ) -> WriteResult:
     """I/O task: one transaction; the upsert is idempotent, so a retry cannot duplicate."""
-    return pipeline.publish(engine_for(s.database_url), run_id, batch, outcomes)
+    return pipeline.publish(engine_for(cfg.database_url), run_id, batch, outcomes)
 
 
 @task(name="summary", task_run_name="summary", **TASK_OPTS)
-def summary_task(s: Settings, summary: RunSummary) -> str:
+def summary_task(summary: RunSummary) -> str:
     md = summary.markdown()
     create_markdown_artifact(key="daily-summary", markdown=md, description="Daily forecast run")
     if summary.next_day:
@@ -168,18 +173,19 @@ def daily(
     """
     log = get_run_logger()
     s = settings()
+    cfg = RunConfig.of(s)  # what the tasks get: no token
     engine = engine_for(s.database_url)
     today = as_of or _today()
     if as_of is None:
-        closed = pipeline.closed_day(engine, s, today, LINEAGE)
+        closed = pipeline.closed_day(engine, cfg, today, LINEAGE)
         if closed is not None:
-            return _finish(s, closed)
+            return _finish(closed)
     names = list(tickers) if tickers else None
     if ingest:
         ingest_sharded(s, tickers=names, end=today)
-    plan = plan_task(s, as_of, today, names)
+    plan = plan_task(cfg, as_of, today, names)
     if isinstance(plan, RunSummary):
-        return _finish(s, plan)
+        return _finish(plan)
     scopes = plan.scopes
     with scope_lock(engine, pipeline.lineage_lock(LINEAGE)):
         opened = pipeline.open_run(
@@ -192,24 +198,24 @@ def daily(
             scopes=list(scopes),
         )
         if isinstance(opened, RunSummary):
-            return _finish(s, opened)
+            return _finish(opened)
         run_id = opened
         try:
             checks = [
-                check_task.submit(s, plan.as_of, scope, t, force_retrain)
+                check_task.submit(cfg, plan.as_of, scope, t, force_retrain)
                 for scope, t in scopes.items()
             ]
             # Each check's value, not its future, goes to its refit: a failed check then raises
             # its own error here, instead of leaving the refit pending ("UnfinishedRun").
             refits = [
-                refit_task.submit(s, plan.as_of, scope, c.result())
+                refit_task.submit(cfg, plan.as_of, scope, c.result())
                 for scope, c in zip(scopes, checks, strict=True)
             ]
             outcomes = [o.result() for o in refits]
             versions = pipeline.forecast_versions(outcomes)
             parts_in = shards(plan.units, shard_size)
             parts = forecast_task.map(
-                s,
+                cfg,
                 plan.as_of,
                 parts_in,
                 run_id,
@@ -221,7 +227,7 @@ def daily(
                 batch = batch.merge(part)
             # quote(): Prefect would otherwise walk every ticker and skip reason in the batch
             # looking for futures; it unwraps it before the call (its stubs don't model that).
-            written = publish_task(s, run_id, quote(batch), outcomes)  # type: ignore[call-overload]
+            written = publish_task(cfg, run_id, quote(batch), outcomes)  # type: ignore[call-overload]
         except BaseException as exc:
             pipeline.fail_run(engine, run_id, exc, list(scopes))
             raise
@@ -235,12 +241,12 @@ def daily(
         len(batch.tickers),
         len(batch.skipped),
     )
-    return _finish(s, summary)
+    return _finish(summary)
 
 
-def _finish(s: Settings, summary: RunSummary) -> RunSummary:
+def _finish(summary: RunSummary) -> RunSummary:
     """Publish the summary artifact and return the summary (every way out of the flow)."""
     if summary.message:
         get_run_logger().info(summary.message)
-    summary_task(s, quote(summary))  # type: ignore[call-overload]
+    summary_task(quote(summary))  # type: ignore[call-overload]
     return summary

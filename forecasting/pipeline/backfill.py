@@ -35,6 +35,7 @@ from forecasting.data.calendar import TradingCalendar
 from forecasting.data.schema import model_checks, prices
 from forecasting.model import registry
 from forecasting.pipeline import runs
+from forecasting.pipeline.config import RunSettings
 from forecasting.pipeline.daily import run_pipeline
 from forecasting.pipeline.retrain_policy import calendar_due
 from forecasting.pipeline.scopes import scope_name, scope_units, universe
@@ -173,7 +174,7 @@ class BackfillResult:
 
 
 def check_point_in_time(
-    conn: Connection, settings: Settings, lineage: str, names: Sequence[str], as_of: dt.date
+    conn: Connection, settings: RunSettings, lineage: str, names: Sequence[str], as_of: dt.date
 ) -> None:
     """Raise :class:`BackfillError` when an active model of ``lineage`` was trained past
     ``as_of``: using it would leak the future into this day's forecasts."""
@@ -190,7 +191,7 @@ def check_point_in_time(
 
 
 def days_since_refit(
-    conn: Connection, settings: Settings, lineage: str, names: Sequence[str], as_of: dt.date
+    conn: Connection, settings: RunSettings, lineage: str, names: Sequence[str], as_of: dt.date
 ) -> int | None:
     """Trading days in ``(last refit, as_of]`` for the lineage, where the last refit is the
     newest ``model_checks`` row with a decision other than ``keep`` (promoted or not, so a
@@ -218,7 +219,7 @@ def days_since_refit(
 
 def run_day(
     engine: Engine,
-    settings: Settings,
+    settings: RunSettings,
     as_of: dt.date,
     *,
     lineage: str,
@@ -265,7 +266,7 @@ def run_day(
 
 def plan(
     engine: Engine,
-    settings: Settings,
+    settings: RunSettings,
     start: dt.date,
     end: dt.date,
     tickers: Sequence[str] | None = None,
@@ -295,7 +296,7 @@ def progress_bar(total: int, enabled: bool | None, desc: str) -> Any:
 
 def backfill(
     engine: Engine,
-    settings: Settings,
+    settings: RunSettings,
     start: dt.date,
     end: dt.date,
     *,

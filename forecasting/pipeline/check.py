@@ -16,6 +16,7 @@ from forecasting.data.prices import load_closes
 from forecasting.model import registry
 from forecasting.model.inference import score
 from forecasting.model.trained_model import TrainedModel
+from forecasting.pipeline.config import RunSettings
 from forecasting.pipeline.retrain_policy import (
     Action,
     CheckNumbers,
@@ -25,7 +26,6 @@ from forecasting.pipeline.retrain_policy import (
 from forecasting.pipeline.scopes import (
     lookback_start,
 )
-from forecasting.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class ScopeCheck:
 
 def check_scope(
     engine: Engine,
-    settings: Settings,
+    settings: RunSettings,
     as_of: dt.date,
     scope: str,
     tickers: Sequence[str],

@@ -29,6 +29,7 @@ from forecasting.data.schema import forecast_staging, pipeline_runs
 from forecasting.model import registry
 from forecasting.pipeline import runs
 from forecasting.pipeline.check import check_scope
+from forecasting.pipeline.config import RunSettings
 from forecasting.pipeline.forecast import ForecastBatch, forecast_shard
 from forecasting.pipeline.forecast_store import (
     WriteResult,
@@ -46,7 +47,6 @@ from forecasting.pipeline.scopes import (
     universe,
 )
 from forecasting.pipeline.summary import RunSummary
-from forecasting.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def lineage_lock(lineage: str) -> str:
 
 
 def closed_day(
-    engine: Engine, settings: Settings, today: dt.date, lineage: str
+    engine: Engine, settings: RunSettings, today: dt.date, lineage: str
 ) -> RunSummary | None:
     """The summary to stop with when ``today`` is not a trading day (a run with no explicit
     as-of day has nothing to do then), else ``None``."""
@@ -92,7 +92,7 @@ def closed_day(
 
 def plan_day(
     engine: Engine,
-    settings: Settings,
+    settings: RunSettings,
     *,
     as_of: dt.date | None,
     today: dt.date,
@@ -111,7 +111,7 @@ def plan_day(
 
 def refit_scope(
     engine: Engine,
-    settings: Settings,
+    settings: RunSettings,
     as_of: dt.date,
     scope: str,
     tickers: Sequence[str],
@@ -248,7 +248,7 @@ def finished_summary(
 
 def run_pipeline(
     engine: Engine,
-    settings: Settings,
+    settings: RunSettings,
     as_of: dt.date | None = None,
     *,
     today: dt.date | None = None,

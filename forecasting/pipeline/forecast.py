@@ -17,6 +17,7 @@ from forecasting.data.prices import load_closes
 from forecasting.data.schema import prices
 from forecasting.model import registry
 from forecasting.model.inference import predict
+from forecasting.pipeline.config import RunSettings
 from forecasting.pipeline.forecast_store import (
     stage_forecasts,
 )
@@ -24,7 +25,6 @@ from forecasting.pipeline.scopes import (
     lookback_start,
     scope_name,
 )
-from forecasting.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def target_dates(
 
 def forecast(
     engine: Engine,
-    settings: Settings,
+    settings: RunSettings,
     as_of: dt.date,
     units: Mapping[str, Sequence[str]],
     *,
@@ -189,7 +189,7 @@ def _history_counts(conn: Connection, tickers: Sequence[str], as_of: dt.date) ->
 
 def forecast_shard(
     engine: Engine,
-    settings: Settings,
+    settings: RunSettings,
     as_of: dt.date,
     units: Mapping[str, Sequence[str]],
     run_id: str,

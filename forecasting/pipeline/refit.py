@@ -30,6 +30,7 @@ from forecasting.pipeline.check import (
     validation_baseline,
     validation_start,
 )
+from forecasting.pipeline.config import RunSettings
 from forecasting.pipeline.retrain_policy import (
     Action,
     Trigger,
@@ -43,7 +44,6 @@ from forecasting.pipeline.scopes import (
     scope_units,
     universe,
 )
-from forecasting.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,12 @@ class ScopeOutcome:
     candidate_rmse: float = math.nan
 
 
-def _model_config(settings: Settings) -> ModelConfig:
+def _model_config(settings: RunSettings) -> ModelConfig:
     return ModelConfig.from_settings(settings.model)
 
 
 def _training_series(
-    conn: Connection, settings: Settings, tickers: Sequence[str], as_of: dt.date
+    conn: Connection, settings: RunSettings, tickers: Sequence[str], as_of: dt.date
 ) -> dict[str, pd.Series]:
     cfg = settings.model
     start = lookback_start(as_of, cfg.history_days + cfg.input_len + cfg.horizon)
@@ -94,7 +94,7 @@ def _val_ratio(model: TrainedModel) -> float:
 
 def apply_decision(
     engine: Engine,
-    settings: Settings,
+    settings: RunSettings,
     as_of: dt.date,
     check: ScopeCheck,
 ) -> ScopeOutcome:
@@ -238,7 +238,7 @@ def commit_outcome(conn: Connection, run_id: str | None, o: ScopeOutcome) -> Non
 
 def train(
     engine: Engine,
-    settings: Settings,
+    settings: RunSettings,
     *,
     through: dt.date | None = None,
     finetune: bool = False,

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting.data.schema import prices
-from forecasting.settings import Settings
+from forecasting.pipeline.config import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def scope_name(lineage: str, unit: str) -> str:
 
 
 def universe(
-    conn: Connection, settings: Settings, tickers: Sequence[str] | None = None
+    conn: Connection, settings: RunSettings, tickers: Sequence[str] | None = None
 ) -> list[str]:
     """The tickers to work on: the explicit list, else the configured universe, else every
     ticker with prices."""
@@ -41,7 +41,7 @@ def universe(
     return sorted(r[0] for r in conn.execute(select(prices.c.ticker).distinct()))
 
 
-def scope_units(settings: Settings, tickers: Sequence[str]) -> dict[str, list[str]]:
+def scope_units(settings: RunSettings, tickers: Sequence[str]) -> dict[str, list[str]]:
     """Model unit -> the tickers it covers: one global model, or one model per ticker."""
     if settings.model.per_ticker:
         return {t: [t] for t in tickers}
