@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import TextClause
 
 from forecasting.data.schema import FORECAST_ERROR_COLUMNS
+from forecasting.model.metrics import ratio_to_naive
 
 METRIC_COLUMNS = (
     "n",
@@ -148,7 +149,7 @@ def metrics(frame: pd.DataFrame) -> dict[str, float]:
         "mae": float(np.mean(np.abs(err))),
         "mape": float(np.mean(np.abs(err) / np.abs(actual)) * 100.0),
         "naive_rmse": naive_rmse,
-        "rmse_ratio": rmse / naive_rmse if naive_rmse > 0 else math.nan,
+        "rmse_ratio": ratio_to_naive(rmse, naive_rmse),
         "directional_accuracy": float(np.mean(hits[calls])) if calls.any() else math.nan,
         "n_directional": int(calls.sum()),
         "coverage": float(frame["covered"].mean()),

@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from forecasting.model import scaling
 from forecasting.model.calibration import apply_calibration, recent_scale, rmse
+from forecasting.model.metrics import ratio_to_naive
 from forecasting.model.trained_model import (
     TrainedModel,
     build_network,
@@ -53,9 +54,7 @@ class Score:
     @property
     def ratio(self) -> float:
         """``rmse / naive_rmse``; nan when there was nothing to score."""
-        if self.n == 0 or not self.naive_rmse > 0:
-            return math.nan
-        return self.rmse / self.naive_rmse
+        return ratio_to_naive(self.rmse, self.naive_rmse) if self.n else math.nan
 
 
 def _as_date(d: np.datetime64) -> dt.date:

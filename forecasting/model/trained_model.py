@@ -9,7 +9,6 @@ that network without gradients.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from forecasting.model.lstm import ModelConfig, SeqForecaster
+from forecasting.model.metrics import ratio_to_naive
 
 EVAL_BATCH = 8192
 
@@ -40,7 +40,7 @@ class TrainedModel:
     @property
     def val_ratio(self) -> float:
         """Validation RMSE relative to persistence (< 1 beats it)."""
-        return self.val_rmse / self.val_naive_rmse if self.val_naive_rmse > 0 else math.nan
+        return ratio_to_naive(self.val_rmse, self.val_naive_rmse)
 
 
 def device_for(config: ModelConfig) -> torch.device:

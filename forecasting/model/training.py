@@ -29,6 +29,7 @@ from torch import nn
 from forecasting.model import scaling
 from forecasting.model.calibration import apply_calibration, calibrate, recent_scale, rmse
 from forecasting.model.lstm import ModelConfig, SeqForecaster
+from forecasting.model.metrics import ratio_to_naive
 from forecasting.model.trained_model import EVAL_BATCH, TrainedModel, device_for, forward
 from forecasting.model.windows import Panel, TensorWindows, build_panel, clean_closes, origins
 
@@ -239,7 +240,7 @@ def fit(
         model.val_rmse,
         model.val_naive_rmse,
         model.val_ratio,
-        calibration["val_rmse_raw"] / model.val_naive_rmse if model.val_naive_rmse else math.nan,
+        ratio_to_naive(calibration["val_rmse_raw"], model.val_naive_rmse),
         calibration["val_coverage"],
     )
     return model

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from forecasting.data.prices import load_closes
 from forecasting.model import registry
 from forecasting.model.inference import score
+from forecasting.model.metrics import ratio_to_naive
 from forecasting.model.trained_model import TrainedModel
 from forecasting.pipeline.config import RunSettings
 from forecasting.pipeline.retrain_policy import (
@@ -53,7 +54,7 @@ class ScopeCheck:
 
     @property
     def ratio(self) -> float:
-        return self.rmse / self.naive_rmse if self.n and self.naive_rmse else math.nan
+        return ratio_to_naive(self.rmse, self.naive_rmse) if self.n else math.nan
 
 
 def check_scope(

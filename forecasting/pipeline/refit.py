@@ -21,6 +21,7 @@ from forecasting.data.schema import model_checks
 from forecasting.model import registry
 from forecasting.model.inference import score
 from forecasting.model.lstm import ModelConfig
+from forecasting.model.metrics import ratio_to_naive
 from forecasting.model.trained_model import TrainedModel
 from forecasting.model.training import fit
 from forecasting.pipeline import runs
@@ -86,12 +87,6 @@ def _training_series(
     return load_closes(conn, tickers=list(tickers), through=as_of, start=start)
 
 
-def _val_ratio(model: TrainedModel) -> float:
-    if not model.val_naive_rmse or math.isnan(model.val_rmse):
-        return math.nan
-    return model.val_rmse / model.val_naive_rmse
-
-
 def apply_decision(
     engine: Engine,
     settings: RunSettings,
@@ -140,7 +135,7 @@ def apply_decision(
         kind = "finetune"
         if finetune_insufficient(candidate.val_rmse, candidate.val_naive_rmse, policy):
             reason += (
-                f"; fine-tune left validation RMSE/naive at {_val_ratio(candidate):.3f}, "
+                f"; fine-tune left validation RMSE/naive at {candidate.val_ratio:.3f}, "
                 "so retrained from scratch"
             )
             action = Action.RETRAIN
@@ -151,7 +146,7 @@ def apply_decision(
     train_seconds = time.perf_counter() - started
 
     candidate.calibration[BASELINE_KEY] = validation_baseline(candidate, series, as_of)
-    cand_ratio = _val_ratio(candidate)
+    cand_ratio = candidate.val_ratio
     champ_ratio = math.nan
     if active is not None:
         val_after = validation_start(series, as_of, candidate.config.val_days)
@@ -219,7 +214,7 @@ def commit_outcome(conn: Connection, run_id: str | None, o: ScopeOutcome) -> Non
             check_window=o.check_window,
             rmse=_nan_to_none(o.rmse),
             naive_rmse=_nan_to_none(o.naive_rmse),
-            ratio=_nan_to_none(o.rmse / o.naive_rmse if o.naive_rmse else math.nan),
+            ratio=_nan_to_none(ratio_to_naive(o.rmse, o.naive_rmse)),
             threshold=_nan_to_none(o.threshold),
             triggered_by=o.triggered_by,
             baseline_rmse=_nan_to_none(o.baseline_rmse),

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+from forecasting.model.metrics import ratio_to_naive
 from forecasting.settings import PolicySettings
 
 
@@ -54,9 +55,7 @@ class CheckNumbers:
 
     @property
     def ratio(self) -> float:
-        if self.n == 0 or not self.naive_rmse or math.isnan(self.naive_rmse):
-            return math.nan
-        return self.rmse / self.naive_rmse
+        return ratio_to_naive(self.rmse, self.naive_rmse) if self.n else math.nan
 
 
 @dataclass(frozen=True)
@@ -94,16 +93,15 @@ def _fired(
                 f"{baseline_rmse:.4f} > degradation threshold {policy.degradation_threshold:.2f}",
             )
         )
-    if naive_rmse > 0 and policy.rel_threshold is not None:
-        ratio = rmse / naive_rmse
-        if ratio > policy.rel_threshold:
-            fired.append(
-                (
-                    Trigger.RELATIVE,
-                    policy.rel_threshold,
-                    f"RMSE/naive {ratio:.3f} > relative threshold {policy.rel_threshold:.3f}",
-                )
+    ratio = ratio_to_naive(rmse, naive_rmse)  # NaN compares False: no naive, no trigger
+    if policy.rel_threshold is not None and ratio > policy.rel_threshold:
+        fired.append(
+            (
+                Trigger.RELATIVE,
+                policy.rel_threshold,
+                f"RMSE/naive {ratio:.3f} > relative threshold {policy.rel_threshold:.3f}",
             )
+        )
     return fired
 
 

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from forecasting.model.metrics import ratio_to_naive
 from forecasting.pipeline.forecast_store import (
     WriteResult,
 )
@@ -53,7 +54,7 @@ class RunSummary:
                 "|---|---|---|---|---|---|---|---|---|",
             ]
             for o in self.outcomes:
-                ratio = o.rmse / o.naive_rmse if o.naive_rmse else math.nan
+                ratio = ratio_to_naive(o.rmse, o.naive_rmse)
                 lines.append(
                     f"| {o.scope} | {o.action} | {_fmt(o.rmse)} | {_fmt(o.naive_rmse)} | {_fmt(ratio)} | "
                     f"{_fmt(o.threshold)} | {o.new_version_id or ''} | {'' if o.promoted is None else o.promoted} | {o.reason} |"
