@@ -3,22 +3,43 @@
 Sources, lowest to highest precedence: built-in defaults, an optional ``forecasting.toml``
 (path from ``FORECASTING_CONFIG``, else ``./forecasting.toml``), then environment variables.
 The tushare token comes only from ``TUSHARE_TOKEN`` and is never printed: its ``repr`` is masked.
+Values are parsed here, once, into the types the fields declare (a date is a ``datetime.date``,
+a choice is one of its ``Literal`` values), so a bad value fails at load time naming the file
+key or environment variable, before any command starts work.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tomllib
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from forecasting.clock import parse_date
+from forecasting.errors import ForecastingError, InputError
 
 DEFAULT_DATABASE_URL = "sqlite:///forecasting.data.db"
 
+# The choices a setting can take; the code that acts on them branches on these same names.
+SourceName = Literal["tushare", "csv", "demo"]
+CheckpointStore = Literal["database", "files"]
+TaskRunnerName = Literal["thread", "dask"]
+Cell = Literal["lstm", "gru", "rnn"]
+Target = Literal["log_return", "minmax"]
+Loss = Literal["quantile", "mse"]
 
-class SettingsError(ValueError):
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class SettingsError(ForecastingError, ValueError):
     """A configuration value is missing or malformed; the message says which and how to fix it."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -43,14 +64,14 @@ class ModelSettings:
 
     input_len: int = 60
     horizon: int = 10
-    cell: str = "lstm"
+    cell: Cell = "lstm"
     # Sized for CPUs: daily returns carry little signal, and a 1x32 LSTM trains ~12x faster
     # than 2x64 with the same validation ratio on the shared data.
     hidden_size: int = 32
     num_layers: int = 1
     dropout: float = 0.0
-    target: str = "log_return"
-    loss: str = "quantile"
+    target: Target = "log_return"
+    loss: Loss = "quantile"
     lr: float = 1e-3
     batch_size: int = 512
     max_epochs: int = 10
@@ -94,13 +115,13 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     tushare_token: Secret = field(default_factory=lambda: Secret(""))
     tickers: tuple[str, ...] = ()
-    source: str = "demo"
+    source: SourceName = "demo"
     source_path: str | None = None  # file or folder for source = "csv"
-    history_start: str = "2015-01-01"
+    history_start: dt.date = dt.date(2015, 1, 1)  # first day ingested for a ticker without history
     exchange: str = "XSHG"
     model_dir: str = "models"
-    checkpoint_store: str = "database"  # database | files
-    task_runner: str = "thread"  # thread | dask
+    checkpoint_store: CheckpointStore = "database"
+    task_runner: TaskRunnerName = "thread"
     dask_address: str | None = None
     report_dir: str = "reports"
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -125,26 +146,51 @@ _ENV = {
 
 
 def _coerce(cls: type, name: str, raw: Any, where: str) -> Any:
-    target = {f.name: f for f in fields(cls)}[name]
-    kind = str(target.type)
-    try:
+    """``raw`` (a TOML value or an environment string) as the type of ``cls.name``."""
+    kind = get_type_hints(cls)[name]
+    args = get_args(kind)
+    if get_origin(kind) in (Union, types.UnionType) and type(None) in args:
         if raw is None:
             return None
-        if "bool" in kind:
-            if isinstance(raw, str):
-                return raw.strip().lower() in ("1", "true", "yes", "on")
-            return bool(raw)
-        if kind.startswith("int"):
+        (kind,) = (a for a in args if a is not type(None))
+        args = get_args(kind)
+
+    def bad(expected: str) -> SettingsError:
+        return SettingsError(f"{where}: {name}={raw!r} is not {expected}")
+
+    if get_origin(kind) is Literal:
+        value = str(raw).strip().lower()
+        if value not in args:
+            raise bad(f"one of {', '.join(args)}")
+        return value
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).strip().lower() not in _TRUE + _FALSE:
+            raise bad(f"true or false ({', '.join(_TRUE)} / {', '.join(_FALSE)})")
+        return str(raw).strip().lower() in _TRUE
+    if kind is dt.date:
+        if isinstance(raw, dt.datetime):
+            return raw.date()
+        if isinstance(raw, dt.date):
+            return raw
+        try:
+            return parse_date(str(raw))
+        except InputError:
+            raise bad("a date; write it as YYYY-MM-DD (or YYYYMMDD)") from None
+    if get_origin(kind) is tuple:
+        items = raw.split(",") if isinstance(raw, str) else raw
+        return tuple(str(t).strip().upper() for t in items if str(t).strip())
+    try:
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
             return int(raw)
-        if "float" in kind:
+        if kind is float:
             return float(raw)
-        if "tuple" in kind:
-            if isinstance(raw, str):
-                return tuple(t.strip().upper() for t in raw.split(",") if t.strip())
-            return tuple(str(t).upper() for t in raw)
-        return str(raw)
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{where}: {name}={raw!r} is not a valid {kind}") from exc
+    except (TypeError, ValueError):
+        raise bad(f"a valid {kind.__name__}") from None
+    return str(raw)
 
 
 def _section(cls: type, data: Mapping[str, Any], env: Mapping[str, str], prefix: str, where: str):

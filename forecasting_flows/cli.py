@@ -1,6 +1,10 @@
 """The ``forecasting`` command line: the edge where settings are read and flows are started.
 
-Library modules never import Prefect; commands that run flows import them lazily.
+Library modules never import Prefect; commands that run flows import them lazily. So does every
+command here: at module level this imports only the standard library, the settings, the clock
+and the error base class, so that ``forecasting --help`` answers at once (no torch, pandas,
+SQLAlchemy or Prefect). A :class:`~forecasting.errors.ForecastingError` is caught once, in
+:func:`main`, and printed as one line; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,20 +13,21 @@ import argparse
 import datetime as dt
 import logging
 import os
+import select
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, get_args
 
-from forecasting.data.calendar import CalendarError
-from forecasting.data.sources.base import SourceError
-from forecasting.model.registry import CheckpointError, RegistryError
-from forecasting.settings import Settings, SettingsError, load_settings
+from forecasting.clock import Clock, parse_date, real_clock, trading_today
+from forecasting.errors import ForecastingError, InputError
+from forecasting.settings import Settings, SourceName, load_settings
 
 if TYPE_CHECKING:
     from forecasting.data.calendar import TradingCalendar
 
-#: What ``main`` asks for the current time; tests and replays pass their own.
-Clock = Callable[[], dt.datetime]
+#: The exit status of a process killed by SIGPIPE, which is what a reader that stops early
+#: (``forecasting evaluate | head``) would see from a C program.
+EXIT_BROKEN_PIPE = 128 + 13
 
 SQL_HINT = """\
 Read the forecasts with SQL, e.g. (sqlite3 {db} or psql):
@@ -32,12 +37,23 @@ More queries in sql/queries/ (latest per ticker, one ticker's path, retrain hist
 
 
 def _date(value: str) -> dt.date:
-    for fmt in ("%Y-%m-%d", "%Y%m%d"):
-        try:
-            return dt.datetime.strptime(value, fmt).date()
-        except ValueError:
-            continue
-    raise argparse.ArgumentTypeError(f"{value!r} is not a date; use YYYY-MM-DD or YYYYMMDD")
+    try:
+        return parse_date(value)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _check_range(start: dt.date | None, end: dt.date | None, *, end_is_today: bool = False) -> None:
+    """Refuse ``--start`` after the end before any work starts (for ``backfill``, before a
+    Prefect server starts)."""
+    if start is None or end is None or start <= end:
+        return
+    if end_is_today:
+        raise InputError(
+            f"--start {start} is after today ({end} in Shanghai), the default --end; "
+            "pass an earlier --start"
+        )
+    raise InputError(f"--start {start} is after --end {end}; swap them")
 
 
 def _tickers(values: Sequence[str] | None) -> list[str] | None:
@@ -75,17 +91,10 @@ def _engine(s: Settings):
     return engine
 
 
-def real_clock() -> dt.datetime:
-    """The wall clock, timezone-aware (UTC)."""
-    return dt.datetime.now(dt.UTC)
-
-
 def _today(args: argparse.Namespace) -> dt.date:
-    """Today's date in Asia/Shanghai by the clock ``main`` was given."""
-    from forecasting.pipeline.daily import shanghai_today
-
+    """Today's date at the exchange by the clock ``main`` was given."""
     clock: Clock = args.clock
-    return shanghai_today(clock())
+    return trading_today(clock())
 
 
 def last_trading_day(cal: TradingCalendar, today: dt.date) -> tuple[dt.date, str | None]:
@@ -138,13 +147,15 @@ def cmd_ingest(args: argparse.Namespace, s: Settings) -> int:
         path=args.path or s.source_path,
         ticker=args.ticker,
     )
+    end = args.end or _today(args)
+    _check_range(args.start, end, end_is_today=args.end is None)
     report = ingest(
         _engine(s),
         source,
         tickers=_tickers(args.tickers) or (list(s.tickers) or None),
         start=args.start,
-        end=args.end or _today(args),
-        history_start=dt.date.fromisoformat(s.history_start),
+        end=end,
+        history_start=s.history_start,
         progress=None,
     )
     print(report.summary())
@@ -321,7 +332,7 @@ def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
         engine,
         make_source("demo"),
         end=today,
-        history_start=dt.date.fromisoformat(s.history_start),
+        history_start=s.history_start,
     )
     print("      " + report.summary().replace("\n", "\n      "))
     # The demo runs every day: on a closed day it forecasts as of the last trading day, where
@@ -398,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("ingest", cmd_ingest, "Ingest daily bars incrementally and idempotently.")
     sp.add_argument(
-        "--source", choices=["tushare", "csv", "demo"], help="price source (default: settings)"
+        "--source", choices=get_args(SourceName), help="price source (default: settings)"
     )
     sp.add_argument(
         "--tickers",
@@ -500,23 +511,51 @@ def main(argv: Sequence[str] | None = None, clock: Clock = real_clock) -> int:
         os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         settings = load_settings()
-        if args.command in ("demo", "backfill") or (args.command == "run" and not args.no_prefect):
-            # A temporary Prefect server for the flows, that dies with this process however it ends.
-            from forecasting_flows.local_server import local_prefect_server
-
-            with local_prefect_server():
-                return int(args.func(args, settings) or 0)
-        return int(args.func(args, settings) or 0)
-    except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    except (SourceError, CheckpointError, RegistryError, CalendarError) as exc:
-        # Errors meant for people already name the ticker, the date and the fix.
+        _check_range(getattr(args, "start", None), getattr(args, "end", None))
+        code = _dispatch(args, settings)
+        # A reader that left early (`| head`) shows here, where it is caught, rather than in
+        # the interpreter's flush at exit, which would print a warning about it.
+        sys.stdout.flush()
+        return code
+    except ForecastingError as exc:
+        # Its message already names the ticker, the date, the setting or the option, and the fix.
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
+    except BrokenPipeError:
+        if not _stdout_is_broken():
+            raise
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("interrupted; a rerun resumes where this stopped", file=sys.stderr)
         return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command in ("demo", "backfill") or (args.command == "run" and not args.no_prefect):
+        # A temporary Prefect server for the flows, that dies with this process however it ends.
+        from forecasting_flows.local_server import local_prefect_server
+
+        with local_prefect_server():
+            return int(args.func(args, settings) or 0)
+    return int(args.func(args, settings) or 0)
+
+
+def _stdout_is_broken() -> bool:
+    """Whether stdout's reader has gone (``forecasting evaluate | head``); if so, point stdout
+    at /dev/null so that the interpreter's own flush at exit does not complain about it.
+    A broken pipe anywhere else (a socket) is not ours to swallow."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # a replaced stdout without a file descriptor
+        return False
+    # The failed write dropped its buffer, so a second flush would succeed and prove nothing;
+    # the pipe itself says whether its reader has gone.
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return True
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,7 +45,7 @@ def ingest_task(
         tickers=tickers or list(s.tickers) or None,
         start=start,
         end=end,
-        history_start=dt.date.fromisoformat(s.history_start),
+        history_start=s.history_start,
         progress=False,
     )
     get_run_logger().info(report.summary())

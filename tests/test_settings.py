@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,20 @@ def test_a_token_in_the_config_file_is_refused(tmp_path: Path) -> None:
         ("[model]\nhiden_size = 3\n", {}, "unknown keys"),
         ("", {"FORECASTING_MODEL_MAX_EPOCHS": "many"}, "FORECASTING_MODEL_MAX_EPOCHS"),
         ("tickers = [\n", {}, "not valid TOML"),
+        (
+            "",
+            {"FORECASTING_HISTORY_START": "2015/01/01"},
+            r"FORECASTING_HISTORY_START: history_start='2015/01/01' is not a date; "
+            r"write it as YYYY-MM-DD \(or YYYYMMDD\)",
+        ),
+        ('history_start = "soon"\n', {}, "history_start='soon' is not a date"),
+        ("", {"FORECASTING_MODEL_CELL": "transformer"}, "cell='transformer' is not one of lstm"),
+        ('[model]\nloss = "mae"\n', {}, r"\[model\]: loss='mae' is not one of quantile, mse"),
+        ("", {"FORECASTING_CHECKPOINT_STORE": "s3"}, "is not one of database, files"),
+        ("", {"FORECASTING_TASK_RUNNER": "celery"}, "FORECASTING_TASK_RUNNER: task_runner="),
+        ("", {"FORECASTING_SOURCE": "yahoo"}, "source='yahoo' is not one of tushare, csv, demo"),
+        ("", {"FORECASTING_MODEL_SHRINK": "maybe"}, "shrink='maybe' is not true or false"),
+        ("[model]\nmax_epochs = 2.5\n", {}, "max_epochs=2.5 is not a valid int"),
     ],
 )
 def test_bad_configuration_names_the_key(
@@ -80,3 +95,33 @@ def test_bad_configuration_names_the_key(
 def test_a_missing_named_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(env={"FORECASTING_CONFIG": str(tmp_path / "nope.toml")})
+
+
+@pytest.mark.parametrize(
+    ("body", "env"),
+    [
+        ("history_start = 2020-01-02\n", {}),  # a TOML date
+        ('history_start = "2020-01-02"\n', {}),
+        ("", {"FORECASTING_HISTORY_START": "20200102"}),
+    ],
+)
+def test_history_start_is_a_date(tmp_path: Path, body: str, env: dict[str, str]) -> None:
+    """However it is written, history_start is parsed once, into a date."""
+    s = load_settings(env=env, config_path=_write(tmp_path, body))
+    assert s.history_start == dt.date(2020, 1, 2)
+
+
+def test_values_are_parsed_into_their_types(tmp_path: Path) -> None:
+    """Choices are matched without regard to case; switches read as people write them."""
+    s = load_settings(
+        env={
+            "FORECASTING_TASK_RUNNER": "Dask",
+            "FORECASTING_MODEL_SHRINK": "off",
+            "FORECASTING_MODEL_PER_TICKER": "yes",
+            "FORECASTING_MODEL_CELL": "GRU",
+        },
+        config_path=_write(tmp_path, "[policy]\nmax_age_days = 90.0\n"),
+    )
+    assert (s.task_runner, s.model.cell) == ("dask", "gru")
+    assert (s.model.shrink, s.model.per_ticker) == (False, True)
+    assert s.policy.max_age_days == 90 and isinstance(s.policy.max_age_days, int)

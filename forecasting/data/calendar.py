@@ -29,6 +29,7 @@ from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting.data.schema import trading_calendar
+from forecasting.errors import ForecastingError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ _XSHG_START = "1991-01-01"
 _MAX_CLOSED_RUN = 366
 
 
-class CalendarError(ValueError):
+class CalendarError(ForecastingError, ValueError):
     """The calendar could not answer; the message says which date and why."""
 
 

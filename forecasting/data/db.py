@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from forecasting.data import schema
+from forecasting.errors import ForecastingError
+from forecasting.settings import SettingsError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_URL_FIX = "set FORECASTING_DATABASE_URL to sqlite:///path.db or postgresql://user@host/db"
+
+
+class DatabaseError(ForecastingError):
+    """The database cannot be opened or reached; the message names it (password hidden)."""
+
+
+def _parse_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        parsed.get_dialect()  # an unknown dialect fails here, not at the first query
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        # A URL that does not parse may still hold a password: never show what follows "user:".
+        shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        raise SettingsError(f"database URL {shown!r} is not usable ({exc}); {_URL_FIX}") from None
+    return parsed
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -17,10 +41,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     SQLite gets WAL, foreign keys and a busy timeout so that a backfill and the daily run can
     share one file; ``postgresql://`` URLs use psycopg 3.
+
+    Raises:
+        SettingsError: when ``url`` is not a URL SQLAlchemy knows.
     """
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
+    parsed = _parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         engine = create_engine(parsed, **kwargs)
@@ -41,8 +66,24 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Create the schema; idempotent."""
-    schema.create_all(engine)
+    """Create the schema; idempotent.
+
+    Raises:
+        DatabaseError: when the database cannot be opened (a SQLite file in a folder that does
+            not exist, a server that is down or refuses the user).
+    """
+    try:
+        schema.create_all(engine)
+    except OperationalError as exc:
+        why = " ".join(str(exc.orig).split())  # psycopg's messages span lines
+        database = engine.url.database
+        if engine.url.get_backend_name() == "sqlite" and database not in (None, "", ":memory:"):
+            fix = f"check that the folder {Path(database).parent.resolve()} exists and is writable"
+        else:
+            fix = "check FORECASTING_DATABASE_URL and that the server is running"
+        raise DatabaseError(
+            f"cannot open the database {redacted_url(engine)}: {why}; {fix}"
+        ) from exc
 
 
 def redacted_url(engine_or_url: Engine | str) -> str:

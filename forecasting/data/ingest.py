@@ -34,11 +34,13 @@ import pandas as pd
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from forecasting.clock import real_clock, trading_today
 from forecasting.data.calendar import DEFAULT_EXCHANGE, TradingCalendar, load_trade_cal
 from forecasting.data.prices import stored_spans, upsert_prices
 from forecasting.data.schema import ingest_runs, rejected_rows, securities
 from forecasting.data.sources.base import PriceSource, Security, SourceError, empty_bars
 from forecasting.data.validation import validate_bars
+from forecasting.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -179,26 +181,25 @@ def ingest(
     tickers: Sequence[str] | None = None,
     start: dt.date | None = None,
     end: dt.date | None = None,
-    history_start: dt.date | str = DEFAULT_HISTORY_START,
+    history_start: dt.date = DEFAULT_HISTORY_START,
     calendar: TradingCalendar | None = None,
     progress: bool | None = None,
     exchange: str = DEFAULT_EXCHANGE,
 ) -> IngestReport:
     """Fetch, validate and upsert bars for ``tickers`` (default: the source's universe).
 
-    ``end`` defaults to today. ``calendar`` overrides the calendar used to reject bars on closed
-    days (default: the database calendar after this run's calendar ingest, plus weekends).
+    ``end`` defaults to today in Shanghai. ``calendar`` overrides the calendar used to reject
+    bars on closed days (default: the database calendar after this run's calendar ingest, plus
+    weekends).
     ``progress`` shows a tqdm bar (default: when stderr is a terminal and ``TQDM_DISABLE`` is
     unset); otherwise each ticker is logged. Returns the report also written to ``ingest_runs``.
     """
-    end = end or dt.date.today()
-    if isinstance(history_start, str):
-        history_start = dt.date.fromisoformat(history_start)
+    end = end or trading_today(real_clock())
     names = _unique(
         t.strip().upper() for t in (tickers if tickers is not None else source.tickers())
     )
     if start is not None and start > end:
-        raise ValueError(f"ingest start {start} is after end {end}; swap them or drop start")
+        raise InputError(f"ingest start {start} is after end {end}; swap them or drop start")
     report = IngestReport(run_id=str(uuid.uuid4()), source=source.name, started_at=_now())
     with engine.begin() as conn:
         conn.execute(

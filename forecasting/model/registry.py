@@ -27,6 +27,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from forecasting.data.schema import model_versions
+from forecasting.errors import ForecastingError
 from forecasting.model.lstm import ModelConfig
 from forecasting.model.trained_model import TrainedModel
 
@@ -35,11 +36,11 @@ STORES = ("database", "files")
 CHECKPOINT_FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ForecastingError, RuntimeError):
     """A version's checkpoint is missing or does not match its recorded SHA-256."""
 
 
-class RegistryError(LookupError):
+class RegistryError(ForecastingError, LookupError):
     """A version id or status that does not exist."""
 
 

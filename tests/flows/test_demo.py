@@ -12,9 +12,10 @@ import pytest
 from flow_support import TINY_MODEL
 from sqlalchemy import func, select
 
+from forecasting.clock import Clock
 from forecasting.data.calendar import TradingCalendar
 from forecasting.data.schema import forecasts, prices
-from forecasting_flows.cli import Clock, last_trading_day, main
+from forecasting_flows.cli import last_trading_day, main
 from forecasting_flows.common import engine_for
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from forecasting.data.sources.base import (
     BAR_COLUMNS,
@@ -21,9 +21,9 @@ from forecasting.data.sources.base import (
 from forecasting.data.sources.demo import DemoSource
 from forecasting.data.sources.files import FileSource
 from forecasting.data.sources.tushare import KNOWN_INDEX_TICKERS, TushareSource
-from forecasting.settings import Secret
+from forecasting.settings import Secret, SourceName
 
-SOURCE_NAMES: tuple[str, ...] = ("tushare", "csv", "demo")
+SOURCE_NAMES: tuple[str, ...] = get_args(SourceName)
 
 __all__ = [
     "BAR_COLUMNS",

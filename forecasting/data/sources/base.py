@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
+from forecasting.errors import ForecastingError
+
 BAR_COLUMNS: tuple[str, ...] = (
     "ticker",
     "trade_date",
@@ -28,7 +30,7 @@ BAR_COLUMNS: tuple[str, ...] = (
 VALUE_COLUMNS: tuple[str, ...] = BAR_COLUMNS[2:]  # a bar's values, after ticker and trade_date
 
 
-class SourceError(RuntimeError):
+class SourceError(ForecastingError, RuntimeError):
     """A source could not deliver; the message names the ticker, the dates and the fix."""
 
 
