@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from forecasting.errors import InputError
 from forecasting.pipeline import backfill as bf
 from forecasting.pipeline.config import RunConfig
 from forecasting_flows.common import FlowDate, SettingsTaskRunner, engine_for, parse_date, settings
@@ -74,7 +75,7 @@ def backfill(
     s = settings()
     first, last = parse_date(start), parse_date(end)
     if first is None or last is None:
-        raise ValueError(f"backfill needs start and end dates, got {start!r} and {end!r}")
+        raise InputError(f"backfill needs start and end dates, got {start!r} and {end!r}")
     lineage = bf.lineage_for(first, last, retrain_every=retrain_every)
     names = list(tickers) if tickers else None
     cfg = RunConfig.of(s)  # what the tasks get: no token

@@ -17,6 +17,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BeforeValidator, WithJsonSchema
 from sqlalchemy.engine import Engine
 
+from forecasting import clock
 from forecasting.data.db import init_db, make_engine
 from forecasting.settings import Secret, Settings, SettingsError, load_settings
 
@@ -103,25 +104,16 @@ class SettingsTaskRunner(TaskRunner[Any]):
         )
 
 
-DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d")
-
-
 def parse_date(value: str | int | dt.date | None) -> dt.date | None:
-    """A date in the formats the CLI takes: ``YYYY-MM-DD`` or ``YYYYMMDD`` (also as the number
-    that ``prefect deployment run -p start=20181203`` sends, since ``-p`` reads JSON)."""
+    """A date in the formats the CLI takes (:func:`forecasting.clock.parse_date`), also as the
+    number that ``prefect deployment run -p start=20181203`` sends (``-p`` reads JSON)."""
     if value is None or value == "":
         return None
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
         return value
-    text = str(value).strip()
-    for fmt in DATE_FORMATS:
-        try:
-            return dt.datetime.strptime(text, fmt).date()
-        except ValueError:
-            continue
-    raise ValueError(f"{value!r} is not a date; write it as YYYY-MM-DD (or YYYYMMDD)")
+    return clock.parse_date(str(value))
 
 
 #: A flow parameter that is a date: the run form shows a date picker; the server accepts

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote, unmapped
 
+from forecasting.clock import real_clock, trading_today
 from forecasting.data.locks import scope_lock
 from forecasting.pipeline import daily as pipeline
 from forecasting.pipeline.check import ScopeCheck, check_scope
@@ -29,7 +30,6 @@ from forecasting.pipeline.config import RunConfig
 from forecasting.pipeline.forecast import ForecastBatch, forecast_shard
 from forecasting.pipeline.forecast_store import WriteResult
 from forecasting.pipeline.refit import ScopeOutcome, apply_decision
-from forecasting.pipeline.scopes import shanghai_today
 from forecasting.pipeline.summary import RunSummary
 from forecasting_flows.common import FlowDate, SettingsTaskRunner, engine_for, settings
 from forecasting_flows.ingest import ingest_sharded
@@ -145,7 +145,8 @@ def shards(units: dict[str, list[str]], size: int) -> list[dict[str, list[str]]]
 
 def _today() -> dt.date:
     scheduled = flow_run.scheduled_start_time
-    return shanghai_today(scheduled) if scheduled else shanghai_today()
+    # Under a deployment, today is the scheduled date (a late run still forecasts its day).
+    return trading_today(scheduled or real_clock())
 
 
 @flow(name="daily", log_prints=True, task_runner=SettingsTaskRunner())

@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from forecasting.data.calendar import TradingCalendar
 from forecasting.data.schema import model_checks, prices
+from forecasting.errors import ForecastingError, InputError
 from forecasting.model import registry
 from forecasting.pipeline import runs
 from forecasting.pipeline.config import RunSettings
@@ -44,7 +45,7 @@ from forecasting.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class BackfillError(RuntimeError):
+class BackfillError(ForecastingError, RuntimeError):
     """A backfill cannot go on without breaking point-in-time; the message says how to fix it."""
 
 
@@ -274,7 +275,7 @@ def plan(
     """The days a backfill of ``[start, end]`` replays, and the open exchange days it cannot
     (no prices)."""
     if start > end:
-        raise ValueError(f"backfill start {start} is after end {end}; swap them")
+        raise InputError(f"backfill start {start} is after end {end}; swap them")
     with engine.connect() as conn:
         names = universe(conn, settings, tickers)
         days = trading_days(conn, start, end, names)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
+from forecasting.clock import real_clock, trading_today
 from forecasting.data.calendar import TradingCalendar
 from forecasting.data.locks import scope_lock
 from forecasting.data.schema import forecast_staging, pipeline_runs
@@ -43,7 +44,6 @@ from forecasting.pipeline.scopes import (
     resolve_as_of,
     scope_name,
     scope_units,
-    shanghai_today,
     universe,
 )
 from forecasting.pipeline.summary import RunSummary
@@ -268,7 +268,7 @@ def run_pipeline(
     so, unless ``rerun`` (or ``force_retrain``) is set.
     """
     step = on_step or (lambda name: log.debug("step %s", name))
-    today = today or shanghai_today()
+    today = today or trading_today(real_clock())
     if as_of is None:
         closed = closed_day(engine, settings, today, lineage)
         if closed is not None:

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from forecasting.data.locks import scope_lock
 from forecasting.data.prices import load_closes
 from forecasting.data.schema import model_checks
+from forecasting.errors import InputError
 from forecasting.model import registry
 from forecasting.model.inference import score
 from forecasting.model.lstm import ModelConfig
@@ -249,7 +250,7 @@ def train(
         names = universe(conn, settings, tickers)
     cutoff = through or resolve_as_of(engine, dt.date.max, names)
     if cutoff is None:
-        raise ValueError("no prices in the database; run `forecasting ingest` first")
+        raise InputError("no prices in the database; run `forecasting ingest` first")
     outcomes = []
     with scope_lock(engine, f"pipeline:{lineage}"):
         for unit, unit_tickers in scope_units(settings, names).items():

@@ -59,15 +59,6 @@ def resolve_as_of(
         return conn.execute(stmt).scalar()
 
 
-def shanghai_today(now: dt.datetime | None = None) -> dt.date:
-    from zoneinfo import ZoneInfo
-
-    now = now or dt.datetime.now(dt.UTC)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=dt.UTC)
-    return now.astimezone(ZoneInfo("Asia/Shanghai")).date()
-
-
 def lookback_start(end: dt.date, trading_days: int) -> dt.date:
     # Calendar days covering `trading_days` sessions, with room for holidays and suspensions.
     return end - dt.timedelta(days=int(trading_days * 1.5) + 30)

@@ -201,11 +201,6 @@ def test_help_loads_nothing_heavy(argv: list[str]) -> None:
             1,
             "error: no prices in the database; run `forecasting ingest` first",
             id="train-on-an-empty-database",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the pipeline's train raises a plain ValueError; make it an "
-                "InputError (forecasting.errors) and drop this mark",
-            ),
         ),
     ],
 )
