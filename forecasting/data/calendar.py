@@ -2,7 +2,8 @@
 
 Which days the exchange trades is answered, for each date, by the strongest source that knows it:
 
-1. ``"database"``: rows in ``trading_calendar`` (tushare ``trade_cal``, written by the ingest).
+1. ``"database"``: rows in ``trading_calendar`` (tushare ``trade_cal``, written by the ingest
+   through :mod:`forecasting.data.trade_cal`).
    A date with a row there is authoritative, open or closed.
 2. ``"xshg"``: the ``exchange_calendars`` XSHG sessions, which stop at the library's last known
    session (2026-12-31 for 4.x) and start in 1991.
@@ -25,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting.data.schema import trading_calendar
@@ -180,6 +181,9 @@ class TradingCalendar:
         """A calendar whose ``"database"`` rows are ``rows`` (a mapping or a cal_date/is_open
         frame); ``use_xshg=False`` skips straight to the weekday fallback."""
         if isinstance(rows, pd.DataFrame):
+            # Imported here: trade_cal (the rows' writer) builds on this module, not under it.
+            from forecasting.data.trade_cal import normalize_trade_cal
+
             frame = normalize_trade_cal(rows)
             rows = dict(zip(frame["cal_date"], frame["is_open"], strict=True))
         return cls(rows, exchange=exchange, use_xshg=use_xshg)
@@ -397,85 +401,3 @@ def _subtract(
     if cut_end < hi:
         out.append((cut_end + dt.timedelta(days=1), end))
     return out
-
-
-def normalize_trade_cal(frame: pd.DataFrame) -> pd.DataFrame:
-    """``cal_date`` as ``datetime.date`` and ``is_open`` as bool, one row per date.
-
-    Accepts what sources send: dates as ``date``, ``Timestamp``, ``YYYYMMDD`` or ISO strings;
-    ``is_open`` as 0/1, bool or ``"0"``/``"1"``.
-    """
-    missing = {"cal_date", "is_open"} - set(frame.columns)
-    if missing:
-        raise CalendarError(
-            f"trading calendar frame lacks columns {sorted(missing)}; a source must return "
-            "cal_date and is_open"
-        )
-    raw = frame["cal_date"]
-    if raw.map(lambda v: isinstance(v, dt.date) and not isinstance(v, dt.datetime)).all():
-        dates = raw
-    else:
-        as_str = raw.astype(str).str.strip()
-        fmt = "%Y%m%d" if as_str.str.fullmatch(r"\d{8}").all() else "ISO8601"
-        dates = pd.to_datetime(as_str, format=fmt).dt.date
-    is_open = pd.to_numeric(frame["is_open"].astype("object").map(_truthy)).astype(bool)
-    out = pd.DataFrame({"cal_date": list(dates), "is_open": is_open.to_numpy()})
-    return out.drop_duplicates("cal_date", keep="last").sort_values("cal_date", ignore_index=True)
-
-
-def _truthy(v: object) -> int:
-    if isinstance(v, str):
-        return int(v.strip().lower() in ("1", "true", "t", "yes", "y"))
-    return int(bool(v))
-
-
-def load_trade_cal(
-    conn_or_engine: Connection | Engine,
-    frame: pd.DataFrame,
-    exchange: str = DEFAULT_EXCHANGE,
-    *,
-    source: str = "tushare",
-) -> tuple[int, int]:
-    """Upsert ``cal_date, is_open`` rows into ``trading_calendar``; returns (inserted, updated).
-
-    Rows that already say the same thing are left alone. Given an engine it commits its own
-    transaction; given a connection the caller owns the transaction.
-    """
-    if isinstance(conn_or_engine, Engine):
-        with conn_or_engine.begin() as conn:
-            return load_trade_cal(conn, frame, exchange, source=source)
-    conn = conn_or_engine
-    rows = normalize_trade_cal(frame)
-    if rows.empty:
-        return 0, 0
-    key = calendar_exchange(exchange)
-    tc = trading_calendar.c
-    stored: dict[dt.date, bool] = {
-        d: bool(is_open)
-        for d, is_open in conn.execute(
-            select(tc.cal_date, tc.is_open).where(
-                and_(
-                    tc.exchange == key,
-                    tc.cal_date >= rows["cal_date"].iloc[0],
-                    tc.cal_date <= rows["cal_date"].iloc[-1],
-                )
-            )
-        )
-    }
-    new, changed = [], []
-    for d, is_open in zip(rows["cal_date"], rows["is_open"], strict=True):
-        flag = bool(is_open)
-        if d not in stored:
-            new.append({"exchange": key, "cal_date": d, "is_open": flag, "source": source})
-        elif bool(stored[d]) != flag:
-            changed.append({"b_date": d, "is_open": flag, "source": source})
-    if new:
-        conn.execute(trading_calendar.insert(), new)
-    if changed:
-        conn.execute(
-            update(trading_calendar)
-            .where(and_(tc.exchange == key, tc.cal_date == bindparam("b_date")))
-            .values(is_open=bindparam("is_open"), source=bindparam("source")),
-            changed,
-        )
-    return len(new), len(changed)

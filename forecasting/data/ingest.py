@@ -35,10 +35,11 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting.clock import real_clock, trading_today
-from forecasting.data.calendar import DEFAULT_EXCHANGE, TradingCalendar, load_trade_cal
+from forecasting.data.calendar import DEFAULT_EXCHANGE, TradingCalendar
 from forecasting.data.prices import stored_spans, upsert_prices
 from forecasting.data.schema import ingest_runs, rejected_rows, securities
 from forecasting.data.sources.base import PriceSource, Security, SourceError, empty_bars
+from forecasting.data.trade_cal import load_trade_cal
 from forecasting.data.validation import validate_bars
 from forecasting.errors import InputError
 

@@ -10,14 +10,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from forecasting.data.calendar import (
-    CalendarError,
-    TradingCalendar,
-    calendar_exchange,
-    load_trade_cal,
-    normalize_trade_cal,
-)
+from forecasting.data.calendar import CalendarError, TradingCalendar, calendar_exchange
 from forecasting.data.schema import trading_calendar
+from forecasting.data.trade_cal import load_trade_cal, normalize_trade_cal
 
 D = dt.date
 
