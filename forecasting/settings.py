@@ -193,7 +193,9 @@ def _coerce(cls: type, name: str, raw: Any, where: str) -> Any:
     return str(raw)
 
 
-def _section(cls: type, data: Mapping[str, Any], env: Mapping[str, str], prefix: str, where: str):
+def _section(
+    cls: type, data: Mapping[str, Any], env: Mapping[str, str], prefix: str, where: str
+) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known
     if unknown:

@@ -68,7 +68,7 @@ def task_runner(s: Settings | None = None) -> TaskRunner[Any]:
     ``dask_address`` when set, else on a local cluster of two single-threaded processes."""
     s = s or load_settings()
     if s.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
+        from prefect_dask.task_runners import DaskTaskRunner
 
         if s.dask_address:
             return DaskTaskRunner(address=s.dask_address)
@@ -97,7 +97,12 @@ class SettingsTaskRunner(TaskRunner[Any]):
     def duplicate(self) -> Any:  # a different runner type on purpose; see the class docstring
         return task_runner(load_settings())
 
-    def submit(self, task: Any, parameters: Any, wait_for: Any = None, dependencies: Any = None):
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Prefect's TaskRunner is untyped
+
+    def submit(
+        self, task: Any, parameters: Any, wait_for: Any = None, dependencies: Any = None
+    ) -> Any:
         raise RuntimeError(
             "SettingsTaskRunner only chooses a task runner; a flow run submits to the runner "
             "that its duplicate() returns"

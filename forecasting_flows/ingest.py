@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -31,7 +31,7 @@ def ingest_task(
     end: dt.date | None = None,
     path: str | None = None,
     shard: int = 1,
-) -> dict:
+) -> dict[str, Any]:
     """I/O task (retried): fetch and upsert. Reruns are idempotent, so a retry is safe."""
     src = make_source(
         source or s.source,
@@ -64,7 +64,7 @@ def ingest_sharded(
     end: dt.date | None = None,
     path: str | None = None,
     shard_size: int = 50,
-) -> dict:
+) -> dict[str, Any]:
     """Fetch per-ticker work in shards, one retried task each, on the flow's task runner (a
     thread pool, or Dask workers). Each shard is its own ingest run and commits per ticker."""
     names = tickers or list(s.tickers)
@@ -100,7 +100,7 @@ def ingest_sharded(
     return out
 
 
-def _markdown(result: dict) -> str:
+def _markdown(result: dict[str, Any]) -> str:
     lines = ["# Price ingest", "", f"- status: **{result['status']}**"]
     lines.append("- ingest runs: " + ", ".join(f"`{r}`" for r in result["run_ids"]))
     lines += ["", "```", result["summary"], "```"]
@@ -115,7 +115,7 @@ def ingest(
     end: FlowDate | None = None,
     path: str | None = None,
     shard_size: int = 50,
-) -> dict:
+) -> dict[str, Any]:
     """Load prices into the database, incrementally and idempotently: each ticker from its
     last stored date + 1 up to end.
 

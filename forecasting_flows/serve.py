@@ -16,9 +16,10 @@ from typing import Any
 from prefect import Flow
 from prefect import serve as prefect_serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 from prefect.settings import get_current_settings
+from prefect.types.entrypoint import EntrypointType
 
 from forecasting.settings import SettingsError
 
@@ -57,7 +58,10 @@ def _deployment(flow: Flow[..., Any], **options: Any) -> RunnerDeployment:
     # forecasting_flows.daily by name, so Dask workers can unpickle its tasks. _sync: the deployment itself
     # even when called from async code, never a coroutine (Prefect's stubs don't know _sync).
     to_deployment: Any = flow.to_deployment
-    return to_deployment(entrypoint_type=EntrypointType.MODULE_PATH, _sync=True, **options)
+    deployment: RunnerDeployment = to_deployment(
+        entrypoint_type=EntrypointType.MODULE_PATH, _sync=True, **options
+    )
+    return deployment
 
 
 def serve(limit: int | None = None) -> None:

@@ -86,7 +86,8 @@ def _qfq(close: np.ndarray, factor: np.ndarray) -> np.ndarray:
         return close
     if not known.all():
         factor = pd.Series(factor).ffill().bfill().to_numpy()
-    return close * (factor / factor[-1])  # [T] * [T] -> [T]
+    adjusted: np.ndarray = close * (factor / factor[-1])  # [T] * [T] -> [T]
+    return adjusted
 
 
 class PriceSummaryRow(NamedTuple):

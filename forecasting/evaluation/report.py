@@ -215,7 +215,8 @@ def rolling_ratio(errors: pd.DataFrame, window: int) -> pd.Series:
     daily = sq.groupby("as_of_date")[["se", "sn"]].sum().sort_index()  # [D, 2]
     rolled = daily.rolling(window, min_periods=1).sum()
     ratio = np.sqrt(rolled["se"]) / np.sqrt(rolled["sn"].where(rolled["sn"] > 0))
-    return ratio.astype("float64")
+    out: pd.Series = ratio.astype("float64")
+    return out
 
 
 def plot_rolling(

@@ -83,7 +83,8 @@ def recent_scale(x: np.ndarray, target: str, days: int = SCALE_DAYS) -> np.ndarr
     """
     x = np.asarray(x, dtype=np.float64)
     steps = x[:, -days:] if target == "log_return" else np.diff(x[:, -(days + 1) :], axis=1)
-    return np.sqrt(np.mean(np.square(steps), axis=1) + 1e-8)  # [N]
+    rms: np.ndarray = np.sqrt(np.mean(np.square(steps), axis=1) + 1e-8)  # [N]
+    return rms
 
 
 def calibrate(

@@ -122,7 +122,8 @@ class SeqForecaster(nn.Module):
         out, _ = self.cell(x)  # [B, L, F] -> [B, L, Hd]
         last = self.drop(out[:, -1])  # [B, L, Hd] -> [B, Hd]
         y = self.head(last)  # [B, Hd] -> [B, H*Q]
-        return y.view(-1, self.horizon, self.n_quantiles)  # [B, H*Q] -> [B, H, Q]
+        paths: torch.Tensor = y.view(-1, self.horizon, self.n_quantiles)  # [B, H*Q] -> [B, H, Q]
+        return paths
 
 
 def lstm_flops_per_sample(config: ModelConfig, n_features: int = 1) -> float:

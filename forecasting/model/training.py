@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -50,7 +50,9 @@ def pinball_loss(pred: torch.Tensor, y: torch.Tensor, quantiles: torch.Tensor) -
     return torch.maximum(quantiles * diff, (quantiles - 1.0) * diff).mean()
 
 
-def _loss_fn(config: ModelConfig, device: torch.device):
+def _loss_fn(
+    config: ModelConfig, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if config.loss == "mse":
         return lambda pred, y: torch.mean((pred[..., 0] - y) ** 2)  # [B, H, 1] vs [B, H]
     qs = torch.tensor(config.quantiles, dtype=torch.float32, device=device)  # [Q]
@@ -331,7 +333,7 @@ def _train(
                 pred = net(tw.inputs(idx))  # [B, L, 1] -> [B, H, Q]
                 loss = loss_fn(pred, tw.train_targets(idx))
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch's stubs
                 nn.utils.clip_grad_norm_(params, GRAD_CLIP)
                 opt.step()
                 total += loss.detach().double() * len(idx)

@@ -131,7 +131,8 @@ def origins(
     starts = panel.offsets[:-1] + lo  # [S] flat start of each run
     run_start = np.repeat(starts, counts)  # [n_windows]
     within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    return run_start + within
+    flat: np.ndarray = run_start + within
+    return flat
 
 
 @dataclass(frozen=True)
@@ -155,13 +156,16 @@ class WindowView:
         return sliding_window_view(self.panel.level, self.horizon + 1)  # [N-H, H+1] view
 
     def inputs(self, idx: np.ndarray) -> np.ndarray:
-        return self.x_windows[idx - self.input_len + 1]  # [B] -> [B, L]
+        x: np.ndarray = self.x_windows[idx - self.input_len + 1]  # [B] -> [B, L]
+        return x
 
     def targets(self, idx: np.ndarray) -> np.ndarray:
         lv = self.level_windows[idx]  # [B] -> [B, H+1]
         if self.panel.target == "log_return":
-            return lv[:, 1:] - lv[:, :1]  # [B, H] cumulative normalized log-returns
-        return lv[:, 1:]  # [B, H] scaled price levels
+            returns: np.ndarray = lv[:, 1:] - lv[:, :1]  # [B, H] cumulative normalized log-returns
+            return returns
+        levels: np.ndarray = lv[:, 1:]  # [B, H] scaled price levels
+        return levels
 
     def naive(self, idx: np.ndarray) -> np.ndarray:
         if self.panel.target == "log_return":

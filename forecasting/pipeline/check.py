@@ -149,4 +149,5 @@ def validation_start(
     dates = sorted({d for s in series.values() for d in s.index if d <= as_of})
     if len(dates) <= val_days:
         return None
-    return dates[-(val_days + 1)]
+    start: dt.date = dates[-(val_days + 1)]
+    return start

@@ -39,7 +39,7 @@ def _key(r: dict[str, Any]) -> tuple[str, dt.date, int, int]:
 
 
 def _same(a: dict[str, Any], b: Any) -> bool:
-    return (
+    return bool(
         a["target_date"] == b.target_date
         and abs(a["yhat"] - b.yhat) <= 1e-9 * max(1.0, abs(b.yhat))
         and abs(a["yhat_lower"] - b.yhat_lower) <= 1e-9 * max(1.0, abs(b.yhat_lower))
