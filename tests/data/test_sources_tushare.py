@@ -118,7 +118,7 @@ def test_a_securities_hint_marks_an_index(stub: TushareStub) -> None:
 def test_rate_limit_message_is_retried(stub: TushareStub, caplog: pytest.LogCaptureFixture) -> None:
     """Two rate-limit replies, then success: the bars arrive and the retries are logged."""
     stub.rate_limit_next(2)
-    with caplog.at_level(logging.WARNING, logger="forecasting.data.sources.tushare"):
+    with caplog.at_level(logging.WARNING, logger="forecasting.data.sources.tushare_client"):
         bars = make(stub).fetch_bars("600519.SH", dt.date(2019, 3, 4), dt.date(2019, 3, 8))
     assert len(bars) == 5
     assert len(stub.calls("daily")) == 3
