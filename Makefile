@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The exact versions CI tested; `make lock` resolves pyproject.toml afresh and rewrites it.
 CONSTRAINTS := constraints.txt
 
-.PHONY: install lock demo test lint pytest bench ddl clean
+.PHONY: install lock demo test test-fast lint pytest bench ddl clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ pytest: install
 	$(BIN)/pytest
 
 test: lint pytest
+
+# While working: no Prefect, no Postgres, no slow tests (about a minute). CI runs `make test`.
+test-fast: install
+	$(BIN)/pytest -q -m "not prefect and not postgres and not slow"
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py

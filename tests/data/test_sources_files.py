@@ -20,6 +20,7 @@ def data_rows(path: Path) -> int:
     return sum(1 for line in lines[1:] if line.strip())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", ["ashare_qfq_panel", "indices", "tushare_raw"])
 def test_every_shared_file_imports_with_sane_content(shared_data: Path, folder: str) -> None:
     """Each real file: one bar per data row, dates ascending and unique, closes positive."""

@@ -87,6 +87,7 @@ def _counts(engine: Engine) -> dict[str, Any]:
         }
 
 
+@pytest.mark.slow
 def test_a_failure_after_the_refit_leaves_the_champion_checks_and_forecasts_as_they_were(
     sqlite_url: str, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
