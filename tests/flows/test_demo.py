@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from forecasting.clock import Clock
 from forecasting.data.calendar import TradingCalendar
 from forecasting.data.schema import forecasts, prices
-from forecasting_flows.cli import last_trading_day, main
+from forecasting_flows.cli import main
+from forecasting_flows.commands import last_trading_day
 from forecasting_flows.common import engine_for
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
