@@ -173,19 +173,13 @@ class TradingCalendar:
     @classmethod
     def from_rows(
         cls,
-        rows: Mapping[dt.date, bool] | pd.DataFrame | None = None,
+        rows: Mapping[dt.date, bool] | None = None,
         *,
         exchange: str = DEFAULT_EXCHANGE,
         use_xshg: bool = True,
     ) -> TradingCalendar:
-        """A calendar whose ``"database"`` rows are ``rows`` (a mapping or a cal_date/is_open
-        frame); ``use_xshg=False`` skips straight to the weekday fallback."""
-        if isinstance(rows, pd.DataFrame):
-            # Imported here: trade_cal (the rows' writer) builds on this module, not under it.
-            from forecasting.data.trade_cal import normalize_trade_cal
-
-            frame = normalize_trade_cal(rows)
-            rows = dict(zip(frame["cal_date"], frame["is_open"], strict=True))
+        """A calendar whose ``"database"`` rows are ``rows`` (date -> open);
+        ``use_xshg=False`` skips straight to the weekday fallback."""
         return cls(rows, exchange=exchange, use_xshg=use_xshg)
 
     # -- per-date answers ---------------------------------------------------------------------
