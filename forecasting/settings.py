@@ -22,7 +22,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from forecasting.clock import parse_date
 from forecasting.errors import ForecastingError, InputError
 
-DEFAULT_DATABASE_URL = "sqlite:///forecasting.data.db"
+DEFAULT_DATABASE_URL = "sqlite:///forecasting.db"
 
 # The choices a setting can take; the code that acts on them branches on these same names.
 SourceName = Literal["tushare", "csv", "demo"]

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="forecasting",
         description="Scheduled daily close-price forecasting: ingest prices, check the model for "
         "drift, fine-tune or retrain an LSTM, and write multi-day forecasts to SQL.",
-        epilog="Configuration: FORECASTING_DATABASE_URL (default sqlite:///forecasting.data.db), "
+        epilog="Configuration: FORECASTING_DATABASE_URL (default sqlite:///forecasting.db), "
         "TUSHARE_TOKEN, and an optional forecasting.toml (see README).",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

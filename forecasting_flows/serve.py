@@ -6,7 +6,7 @@ the server, so a server must be running (``prefect server start``) and ``PREFECT
 point at it; the temporary server Prefect starts on its own runs no scheduler.
 
 The names, schedule and concurrency are the ones in ``deploy/prefect.yaml`` (the server-and-worker
-setup); ``tests/test_deploy.py`` keeps the two in step.
+setup); ``tests/flows/test_deploy.py`` keeps the two in step.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def shared_data() -> Path:
 
 @pytest.fixture()
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'forecasting.data.db'}"
+    return f"sqlite:///{tmp_path / 'forecasting.db'}"
 
 
 @pytest.fixture()

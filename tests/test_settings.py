@@ -11,9 +11,10 @@ from forecasting.settings import DEFAULT_DATABASE_URL, SettingsError, load_setti
 
 
 def test_defaults_need_nothing(tmp_path: Path) -> None:
-    """With no file and no environment, the embedded SQLite default is used."""
+    """With no file and no environment, the embedded SQLite default is used: the file the
+    README names and .gitignore ignores, forecasting.db in the working directory."""
     s = load_settings(env={"FORECASTING_CONFIG": str(_write(tmp_path, ""))})
-    assert s.database_url == DEFAULT_DATABASE_URL
+    assert s.database_url == DEFAULT_DATABASE_URL == "sqlite:///forecasting.db"
     assert s.model.target == "log_return"
     assert not s.tushare_token
 

@@ -35,7 +35,7 @@ def demo_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.chdir(tmp_path)
     for key in ("FORECASTING_CONFIG", "FORECASTING_TICKERS", "TUSHARE_TOKEN"):
         monkeypatch.delenv(key, raising=False)
-    url = f"sqlite:///{tmp_path / 'forecasting.data.db'}"
+    url = f"sqlite:///{tmp_path / 'forecasting.db'}"
     env = {
         **TINY_MODEL,
         "FORECASTING_DATABASE_URL": url,

@@ -38,7 +38,7 @@ def cli_env(prefect_home: Path, tmp_path: Path) -> dict[str, str]:
     }
     env.update(
         PREFECT_HOME=str(prefect_home),
-        FORECASTING_DATABASE_URL=f"sqlite:///{tmp_path / 'forecasting.data.db'}",
+        FORECASTING_DATABASE_URL=f"sqlite:///{tmp_path / 'forecasting.db'}",
         FORECASTING_MODEL_DEVICE="cpu",
     )
     return env

@@ -88,14 +88,16 @@ def _base_env(home: Path) -> dict[str, str]:
 
 def _start(args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen:
     # A session of its own, so that stopping it stops its children (flow-run subprocesses).
-    return subprocess.Popen(
-        args,
-        env=env,
-        cwd=cwd,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    # The child gets its own copy of the log's descriptor, so ours is closed right away.
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
@@ -291,7 +293,7 @@ def _forecast_keys(url: str, lineage: str) -> set[tuple[str, dt.date, int]]:
 def _database(shared_data: Path, tmp_path: Path) -> tuple[str, dict[str, str]]:
     """A fresh SQLite file with prices up to the day before AS_OF (the run ingests AS_OF), and
     the environment that points flow runs at it."""
-    url = f"sqlite:///{tmp_path / 'forecasting.data.db'}"
+    url = f"sqlite:///{tmp_path / 'forecasting.db'}"
     folder = price_folder(shared_data, tmp_path)
     ingest_through(url, folder, AS_OF - dt.timedelta(days=1))
     return url, flow_env(url, folder, tmp_path)
