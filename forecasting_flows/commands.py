@@ -202,7 +202,7 @@ def _run_daily(s: Settings, **params: Any) -> Any:
 
 def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     from forecasting.pipeline.daily import run_pipeline
-    from forecasting.pipeline.summary import RunSummary
+    from forecasting.pipeline.summary import RunSummary, SummaryStatus
 
     today = _today(args)
     tickers = _tickers(args.tickers)
@@ -229,7 +229,10 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
             if not cal.is_trading_day(today):
                 message = f"{today} is not a trading day; nothing to do"
                 print_summary(
-                    RunSummary(None, None, "live", "not-a-trading-day", message=message), s
+                    RunSummary(
+                        None, None, "live", SummaryStatus.NOT_A_TRADING_DAY, message=message
+                    ),
+                    s,
                 )
                 return 0
             as_of = today

@@ -19,6 +19,7 @@ import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,18 @@ from forecasting.errors import ForecastingError
 from forecasting.model.lstm import ModelConfig
 from forecasting.model.trained_model import TrainedModel
 
-STATUSES = ("candidate", "active", "retired", "rejected", "discarded")
+
+class VersionStatus(StrEnum):
+    """Where a model version stands; only :func:`activate` makes one ``active``."""
+
+    CANDIDATE = "candidate"  # saved by a refit; its run's publish decides
+    ACTIVE = "active"  # the scope's champion (one at a time)
+    RETIRED = "retired"  # a former champion
+    REJECTED = "rejected"  # lost to the champion on the same validation windows
+    DISCARDED = "discarded"  # its run failed or died before publishing
+
+
+STATUSES = tuple(VersionStatus)
 STORES = ("database", "files")
 CHECKPOINT_FORMAT = 1
 
@@ -59,7 +71,7 @@ class VersionInfo:
     val_rmse: float | None
     val_naive_rmse: float | None
     train_seconds: float | None
-    status: str
+    status: VersionStatus
     n_train_samples: int | None
 
 
@@ -193,7 +205,7 @@ def _info(row: RowMapping) -> VersionInfo:
         val_rmse=row["val_rmse"],
         val_naive_rmse=row["val_naive_rmse"],
         train_seconds=row["train_seconds"],
-        status=row["status"],
+        status=VersionStatus(row["status"]),
         n_train_samples=row["n_train_samples"],
     )
 
@@ -282,7 +294,9 @@ def latest_attempt(conn: Connection, scope: str) -> VersionInfo | None:
             select(model_versions)
             .where(
                 model_versions.c.scope == scope,
-                model_versions.c.status.in_(("active", "retired", "rejected")),
+                model_versions.c.status.in_(
+                    (VersionStatus.ACTIVE, VersionStatus.RETIRED, VersionStatus.REJECTED)
+                ),
             )
             .order_by(model_versions.c.trained_through.desc(), model_versions.c.id.desc())
         )
@@ -340,5 +354,5 @@ def discard_candidates(conn: Connection, scopes: Sequence[str]) -> None:
     conn.execute(
         update(model_versions)
         .where(model_versions.c.scope.in_(list(scopes)), model_versions.c.status == "candidate")
-        .values(status="discarded")
+        .values(status=VersionStatus.DISCARDED)
     )

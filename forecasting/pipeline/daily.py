@@ -40,13 +40,14 @@ from forecasting.pipeline.forecast_store import (
     write_forecasts,
 )
 from forecasting.pipeline.refit import ScopeOutcome, apply_decision, commit_outcome
+from forecasting.pipeline.runs import RunStatus
 from forecasting.pipeline.scopes import (
     resolve_as_of,
     scope_name,
     scope_units,
     universe,
 )
-from forecasting.pipeline.summary import RunSummary
+from forecasting.pipeline.summary import RunSummary, SummaryStatus
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def closed_day(
         None,
         None,
         lineage,
-        "not-a-trading-day",
+        SummaryStatus.NOT_A_TRADING_DAY,
         message=f"{today} is not a trading day; nothing to do",
     )
 
@@ -105,7 +106,7 @@ def plan_day(
         names = universe(conn, settings, tickers)
     resolved = as_of or resolve_as_of(engine, today, names)
     if resolved is None:
-        return RunSummary(None, None, lineage, "no-data", message=NO_DATA)
+        return RunSummary(None, None, lineage, SummaryStatus.NO_DATA, message=NO_DATA)
     return DayPlan(resolved, lineage, scope_units(settings, names))
 
 
@@ -148,7 +149,7 @@ def publish(
         runs.finish_run(
             conn,
             run_id,
-            status="success",
+            status=RunStatus.SUCCESS,
             decision=max(actions, key=lambda a: {"keep": 0, "finetune": 1, "retrain": 2}[a])
             if actions
             else None,
@@ -174,7 +175,9 @@ def fail_run(engine: Engine, run_id: str, error: BaseException, scopes: Sequence
     with engine.begin() as conn:
         clear_staging(conn, run_id)
         registry.discard_candidates(conn, scopes)
-        runs.finish_run(conn, run_id, status="failed", error=f"{type(error).__name__}: {error}")
+        runs.finish_run(
+            conn, run_id, status=RunStatus.FAILED, error=f"{type(error).__name__}: {error}"
+        )
 
 
 def open_run(
@@ -198,7 +201,7 @@ def open_run(
                 done.run_id,
                 as_of,
                 lineage,
-                "already-complete",
+                SummaryStatus.ALREADY_COMPLETE,
                 message=(
                     f"as of {as_of} was already completed by run {done.run_id}; nothing written "
                     "(use --rerun to recompute)"
@@ -212,7 +215,7 @@ def open_run(
     earlier = select(pr.run_id).where(pr.lineage == lineage)
     if engine.dialect.name != "postgresql":
         stale = runs.utcnow() - dt.timedelta(days=1)
-        earlier = earlier.where((pr.status != "running") | (pr.started_at < stale))
+        earlier = earlier.where((pr.status != RunStatus.RUNNING) | (pr.started_at < stale))
     with engine.begin() as conn:
         conn.execute(delete(forecast_staging).where(forecast_staging.c.run_id.in_(earlier)))
         if engine.dialect.name == "postgresql":
@@ -236,7 +239,7 @@ def finished_summary(
         run_id,
         as_of,
         lineage,
-        "success",
+        SummaryStatus.SUCCESS,
         outcomes,
         n_forecast_rows=batch.n_rows,
         tickers_forecast=batch.tickers,

@@ -7,12 +7,21 @@ import datetime as dt
 import json
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting.data.schema import pipeline_runs
+
+
+class RunStatus(StrEnum):
+    """A ``pipeline_runs`` row's status."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
 
 
 def utcnow() -> dt.datetime:
@@ -25,7 +34,7 @@ class RunRecord:
     as_of_date: dt.date
     lineage: str
     kind: str
-    status: str
+    status: RunStatus
     model_version_id: int | None
     n_forecast: int | None
     finished_at: dt.datetime | None
@@ -50,7 +59,7 @@ def start_run(
                 lineage=lineage,
                 as_of_date=as_of,
                 started_at=utcnow(),
-                status="running",
+                status=RunStatus.RUNNING,
             )
         )
     return run_id
@@ -60,7 +69,7 @@ def finish_run(
     conn: Connection,
     run_id: str,
     *,
-    status: str,
+    status: RunStatus,
     decision: str | None = None,
     model_version_id: int | None = None,
     n_forecast: int | None = None,
@@ -92,7 +101,7 @@ def completed_run(conn: Connection, as_of: dt.date, lineage: str = "live") -> Ru
             and_(
                 pipeline_runs.c.as_of_date == as_of,
                 pipeline_runs.c.lineage == lineage,
-                pipeline_runs.c.status == "success",
+                pipeline_runs.c.status == RunStatus.SUCCESS,
             )
         )
         .order_by(pipeline_runs.c.finished_at.desc())
@@ -105,7 +114,7 @@ def completed_run(conn: Connection, as_of: dt.date, lineage: str = "live") -> Ru
         as_of_date=row.as_of_date,
         lineage=row.lineage,
         kind=row.kind,
-        status=row.status,
+        status=RunStatus(row.status),
         model_version_id=row.model_version_id,
         n_forecast=row.n_forecast,
         finished_at=row.finished_at,

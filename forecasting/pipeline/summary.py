@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from forecasting.model.metrics import ratio_to_naive
@@ -17,12 +18,22 @@ from forecasting.pipeline.refit import ScopeOutcome
 log = logging.getLogger(__name__)
 
 
+class SummaryStatus(StrEnum):
+    """How a run ended, as the CLI and the flow's artifact report it."""
+
+    SUCCESS = "success"
+    ALREADY_COMPLETE = "already-complete"  # the day was done in this lineage; nothing written
+    NO_DATA = "no-data"  # no prices to run on
+    NOT_A_TRADING_DAY = "not-a-trading-day"  # no as-of day given and the exchange is closed
+    FAILED = "failed"
+
+
 @dataclass
 class RunSummary:
     run_id: str | None
     as_of: dt.date | None
     lineage: str
-    status: str  # success | already-complete | no-data | failed
+    status: SummaryStatus
     outcomes: list[ScopeOutcome] = field(default_factory=list)
     n_forecast_rows: int = 0
     tickers_forecast: list[str] = field(default_factory=list)
