@@ -218,7 +218,7 @@ class TradingCalendar:
     def known_closed_mask(self, dates: Iterable[dt.date]) -> np.ndarray:
         """Vectorized :meth:`is_known_closed` over many dates (for validating a batch)."""
         idx = pd.DatetimeIndex(pd.to_datetime(pd.Series(list(dates), dtype="object")))
-        weekend = np.asarray(idx.dayofweek >= 5)
+        weekend = np.asarray(idx.day_of_week >= 5)
         if not self._db_closed:
             return weekend
         closed = pd.DatetimeIndex(sorted(self._db_closed))

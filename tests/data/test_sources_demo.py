@@ -99,7 +99,7 @@ def test_returns_are_fat_tailed_and_share_a_market_factor(demo: DemoSource) -> N
 def test_sessions_follow_the_xshg_calendar(demo: DemoSource) -> None:
     """No weekends, no Golden Week (2026-10-01), XSHG sessions exactly up to its last one."""
     dates = pd.DatetimeIndex(demo.fetch_bars("600000.SH", *EVERYTHING)["trade_date"])
-    assert (dates.dayofweek < 5).all()
+    assert (dates.day_of_week < 5).all()
     assert pd.Timestamp("2026-10-01") not in dates and pd.Timestamp("2026-10-09") in dates
     assert pd.Timestamp("2024-02-12") not in dates  # Spring Festival
     calendar = xc.get_calendar("XSHG")
