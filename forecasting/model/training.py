@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from forecasting.errors import InputError
 from forecasting.model import scaling
 from forecasting.model.calibration import apply_calibration, calibrate, recent_scale, rmse
 from forecasting.model.lstm import ModelConfig, SeqForecaster
@@ -129,7 +130,7 @@ def build_dataset(
             scalers[tk] = scaling.fit_scaler(c[:fit_end], config.target, name=tk)
         closes[tk], dates[tk] = c, d
     if not closes:
-        raise ValueError(
+        raise InputError(
             f"no series has enough history through {through}: each needs at least {min_len} "
             "closes; ingest more history or lower input_len/val_days"
         )
@@ -169,14 +170,14 @@ def fit(
             "has one series. Call fit_per_ticker(...) to fit one model per ticker."
         )
     if config.val_days < config.horizon:
-        raise ValueError(
+        raise InputError(
             f"val_days={config.val_days} < horizon={config.horizon}: validation needs at least "
             "one full forecast path; raise val_days"
         )
     if init is not None:
         diff = [f for f in _ARCH_FIELDS if getattr(init.config, f) != getattr(config, f)]
         if diff:
-            raise ValueError(
+            raise InputError(
                 f"cannot fine-tune: the model trained through {init.trained_through} differs "
                 f"from the config in {diff}; run a full retrain (`forecasting train --full`)"
             )

@@ -100,11 +100,11 @@ def plan_day(
     lineage: str,
     tickers: Sequence[str] | None = None,
 ) -> DayPlan | RunSummary:
-    """The run's as-of day (``as_of``, else the latest day with prices on or before
-    ``today``) and its scopes; a no-data summary when there are no prices."""
+    """The run's as-of day, the latest day with prices on or before ``as_of`` (default
+    ``today``), and its scopes; a no-data summary when there are no prices by then."""
     with engine.connect() as conn:
         names = universe(conn, settings, tickers)
-    resolved = as_of or resolve_as_of(engine, today, names)
+    resolved = resolve_as_of(engine, as_of or today, names)
     if resolved is None:
         return RunSummary(None, None, lineage, SummaryStatus.NO_DATA, message=NO_DATA)
     return DayPlan(resolved, lineage, scope_units(settings, names))

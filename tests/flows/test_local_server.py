@@ -127,7 +127,7 @@ def test_a_cli_that_exits_stops_its_server(
 
     assert cli.returncode == 1, (tmp_path / "stderr.txt").read_text()
     out = (tmp_path / "stdout.txt").read_text()
-    assert "ingest first" in out
+    assert "no prices in the database; run `forecasting ingest` first" in out
     assert "127.0.0.1" not in out and "server" not in out.lower()
     assert [p.pid for p in servers if _alive(p)] == []
     assert _on_home(prefect_home) == []
