@@ -3,11 +3,12 @@ task runner chosen in settings (thread pool by default, Dask on request)."""
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import logging
 import os
+import threading
 from dataclasses import replace
-from functools import lru_cache
 from typing import Annotated, Any
 
 from prefect.context import get_run_context
@@ -28,12 +29,37 @@ from forecasting.settings import Secret, Settings, SettingsError, load_settings
 TUSHARE_SECRET_BLOCK = "tushare-token"
 
 
-@lru_cache(maxsize=8)
-def engine_for(url: str) -> Engine:
-    """One engine per database URL per process (tasks on Dask workers build their own)."""
-    engine = make_engine(url)
-    init_db(engine)
-    return engine
+class _Engines:
+    """One engine per database URL per process (tasks on Dask workers build their own), each
+    disposed when the cache is cleared or the process exits, so no pooled connection is left
+    for the garbage collector to close."""
+
+    def __init__(self) -> None:
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, url: str) -> Engine:
+        with self._lock:
+            engine = self._engines.get(url)
+            if engine is None:
+                engine = make_engine(url)
+                init_db(engine)
+                self._engines[url] = engine
+            return engine
+
+    def __reduce__(self) -> str:
+        # Pickled (into a task shipped to a Dask worker) by name: the worker uses its own cache.
+        return "engine_for"
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            engine.dispose()
+
+
+engine_for = _Engines()
+atexit.register(engine_for.cache_clear)
 
 
 def settings() -> Settings:
