@@ -113,7 +113,8 @@ def test_a_cli_that_exits_stops_its_server(
 ) -> None:
     """`forecasting run` on an empty database runs its flow, reports that there is nothing to
     forecast and exits; the server it started is stopped by then, and said nothing on stdout."""
-    cli = _cli("run", "--no-ingest", env=cli_env, cwd=tmp_path)
+    # An explicit as-of day: with none, on a weekend `run` has nothing to do and starts no flow.
+    cli = _cli("run", "--no-ingest", "--as-of", "2019-01-04", env=cli_env, cwd=tmp_path)
     spawned.append(psutil.Process(cli.pid))
     servers = {_wait_for_server(cli)}
     spawned.extend(servers)

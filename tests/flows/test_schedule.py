@@ -231,14 +231,20 @@ def _trigger(server: Server, deployment: str, parameters: dict[str, Any]) -> uui
     return run.id
 
 
-def _run_page(server: Server, flow_run_id: uuid.UUID) -> tuple[list[str], set[str], set[str]]:
-    """What the UI shows for a run: its log lines, its task runs' names, its artifact keys."""
+def _run_page(
+    server: Server, flow_run_id: uuid.UUID, last_line: str = "Finished in state Completed"
+) -> tuple[list[str], set[str], set[str]]:
+    """What the UI shows for a run: its log lines, its task runs' names, its artifact keys.
+
+    Logs are shipped in batches, so the last ones may land a while after the run finished: read
+    until the flow's own last line (``last_line``, logged as it returns) is there, or 60 s."""
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
     with _client(server), get_client(sync_client=True) as client:
-        # Logs are shipped in batches; the last ones may land just after the run finished.
-        time.sleep(3)
-        logs = client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-        )
+        deadline = time.monotonic() + 60
+        logs = client.read_logs(log_filter=log_filter)
+        while time.monotonic() < deadline and not any(last_line in log.message for log in logs):
+            time.sleep(1)
+            logs = client.read_logs(log_filter=log_filter)
         tasks = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
             task_run_filter=TaskRunFilter(),
@@ -254,7 +260,7 @@ def _run_page(server: Server, flow_run_id: uuid.UUID) -> tuple[list[str], set[st
 
 
 def _assert_daily_page(server: Server, flow_run_id: uuid.UUID) -> None:
-    messages, tasks, artifacts = _run_page(server, flow_run_id)
+    messages, tasks, artifacts = _run_page(server, flow_run_id, f"as of {AS_OF}: retrain; ")
     text = "\n".join(messages)
     # The library's own lines: ingest, the decision with its reason, training, forecast counts.
     assert "ingest" in text and "inserted" in text, text
