@@ -201,8 +201,7 @@ def _run_daily(s: Settings, **params: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace, s: Settings) -> int:
-    from forecasting.pipeline.daily import run_pipeline
-    from forecasting.pipeline.summary import RunSummary, SummaryStatus
+    from forecasting.pipeline.daily import closed_day, run_pipeline
 
     today = _today(args)
     tickers = _tickers(args.tickers)
@@ -220,20 +219,11 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
         as_of = args.as_of
         if as_of is None:
             # Given no as_of the flow would read the wall clock; it is given today instead
-            # (it resolves that to the latest day with prices), so the same check it would
-            # make on a closed day is made here, with this command's clock.
-            from forecasting.data.calendar import TradingCalendar
-
-            with _engine(s).connect() as conn:
-                cal = TradingCalendar.load(conn, exchange=s.exchange)
-            if not cal.is_trading_day(today):
-                message = f"{today} is not a trading day; nothing to do"
-                print_summary(
-                    RunSummary(
-                        None, None, "live", SummaryStatus.NOT_A_TRADING_DAY, message=message
-                    ),
-                    s,
-                )
+            # (it resolves that to the latest day with prices), so the closed-day check it
+            # would make is made here, by the same function, with this command's clock.
+            closed = closed_day(_engine(s), s, today, "live")
+            if closed is not None:
+                print_summary(closed, s)
                 return 0
             as_of = today
         summary = _run_daily(
