@@ -82,6 +82,9 @@ class ModelSettings:
     finetune_lr: float = 3e-4
     finetune_epochs: int = 5
     finetune_days: int = 250
+    # Training windows per epoch, stratified by ticker (forecasting.model.sampling); 0: all.
+    # Over a whole market it keeps an epoch's time independent of the number of tickers.
+    windows_per_epoch: int = 0
     interval: float = 0.8
     per_ticker: bool = False
     device: str = "auto"
