@@ -32,7 +32,13 @@ from forecasting.pipeline.forecast import ForecastBatch, forecast_shard
 from forecasting.pipeline.forecast_store import WriteResult
 from forecasting.pipeline.refit import ScopeOutcome, apply_decision
 from forecasting.pipeline.summary import RunSummary
-from forecasting_flows.common import FlowDate, SettingsTaskRunner, engine_for, settings
+from forecasting_flows.common import (
+    FlowDate,
+    SettingsTaskRunner,
+    engine_for,
+    flush_run_logs,
+    settings,
+)
 from forecasting_flows.ingest import ingest_sharded
 
 TASK_OPTS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -257,4 +263,5 @@ def _finish(summary: RunSummary) -> RunSummary:
     if summary.message:
         get_run_logger().info(summary.message)
     summary_task(quote(summary))  # type: ignore[call-overload]
+    flush_run_logs()
     return summary
