@@ -48,6 +48,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from forecasting.clock import real_clock, trading_today
 from forecasting.data.calendar import DEFAULT_EXCHANGE, TradingCalendar
+from forecasting.data.increment import by_date_source
 from forecasting.data.interrupts import Interrupted, Interrupts
 from forecasting.data.prices import read_stored, stored_spans, upsert_prices
 from forecasting.data.schema import ingest_runs, rejected_rows, securities
@@ -389,19 +390,8 @@ def _run(
     whole = _reads_whole(source)
     with engine.connect() as conn:
         stored = stored_spans(conn, names, through=plan.today)
-    if whole:
-        plans = {t: [_WHOLE] for t in names}  # what is outside start..end is counted, later
-    else:
-        plans = {
-            t: plan_ranges(
-                stored.get(t),
-                start=plan.start,
-                end=plan.end,
-                history_start=plan.history_start,
-                reread_days=plan.reread_days,
-            )
-            for t in names
-        }
+    # A file is read whole; what lies outside start..end is counted when it comes back.
+    plans = {t: [_WHOLE] for t in names} if whole else _plans(names, stored, plan, plan.reread_days)
     starts = [a for ranges in plans.values() for a, _ in ranges if a > _WHOLE[0]]
     cal_start = min([*starts, *(s[0] for s in stored.values()), plan.end])
 
@@ -417,6 +407,15 @@ def _run(
         log.error("ingest %s: trading calendar: %s", report.run_id, exc)
     if calendar is None:
         calendar = TradingCalendar.load(engine, exchange, cal_start, plan.end + CALENDAR_AHEAD)
+    # A whole-market source: reference data, and the increment by trade date when cheaper. It
+    # is planned on the increments alone; a ticker it serves is not re-read (the re-read
+    # would cost the per-ticker calls the by-date path saves).
+    increments = plans if whole or not plan.reread_days else _plans(names, stored, plan, 0)
+    by_date = by_date_source(engine, source, increments, calendar)
+    covers = getattr(by_date, "covers", None)
+    if by_date is not source and callable(covers):
+        plans = {t: increments[t] if covers(t) else r for t, r in plans.items()}
+    source = by_date
 
     ingested_at = _now()
     bar = _progress_bar(names, progress)
@@ -460,6 +459,21 @@ def _run(
         _stop_at_deadline(report, [], plan)
 
 
+def _plans(
+    names: list[str], stored: dict[str, tuple[dt.date, dt.date]], plan: _Plan, reread_days: int
+) -> dict[str, list[tuple[dt.date, dt.date]]]:
+    return {
+        t: plan_ranges(
+            stored.get(t),
+            start=plan.start,
+            end=plan.end,
+            history_start=plan.history_start,
+            reread_days=reread_days,
+        )
+        for t in names
+    }
+
+
 def _stop_at_deadline(report: IngestReport, left: list[str], plan: _Plan) -> None:
     for ticker in left:
         report.tickers[ticker] = TickerReport(
@@ -493,17 +507,26 @@ def _ingest_ticker(
     tr.fetched = len(bars)
     if bars.empty:
         _nothing_back(tr, span)
+        if tr.error is None:  # the source answered for these days: its reference data stands
+            with guard.writing(), engine.begin() as conn:
+                _upsert_security(conn, source.security(tr.ticker))
+                _heartbeat(conn, report, extra=(0, 0, 0, 0))
         return
     if tr.whole:
         bars = _leave_out(bars, tr, plan)
     security = source.security(tr.ticker)
-    checks = Checks(
-        ranges=None if tr.whole else tr.ranges,
-        today=plan.today,
-        max_move=plan.max_move,
-        listed=getattr(security, "list_date", None),
-    )
     with guard.writing(), engine.begin() as conn:
+        # The listing date (reference data in securities, where the source has it) exempts
+        # the first trading days from the price limit.
+        listed = conn.execute(
+            select(securities.c.list_date).where(securities.c.ticker == tr.ticker)
+        ).scalar()
+        checks = Checks(
+            ranges=None if tr.whole else tr.ranges,
+            today=plan.today,
+            max_move=plan.max_move,
+            listed=listed,
+        )
         dates = [d for d in bars["trade_date"].tolist() if isinstance(d, dt.date)]
         stored = read_stored(conn, tr.ticker, min(dates), max(dates)) if dates else None
         clean, rejections = validate_bars(
@@ -612,15 +635,19 @@ def _heartbeat(conn: Connection, report: IngestReport, extra: tuple[int, int, in
 
 
 def _upsert_security(conn: Connection, sec: Security) -> None:
-    values = {"name": sec.name, "kind": sec.kind or "stock", "exchange": sec.exchange}
+    values: dict[str, object] = {
+        "name": sec.name,
+        "kind": sec.kind or "stock",
+        "exchange": sec.exchange,
+    }
+    if sec.checked_through is not None:  # see forecasting.data.increment
+        values["checked_through"] = sec.checked_through
     row = conn.execute(
-        select(securities.c.name, securities.c.kind, securities.c.exchange).where(
-            securities.c.ticker == sec.ticker
-        )
+        select(*(securities.c[k] for k in values)).where(securities.c.ticker == sec.ticker)
     ).first()
     if row is None:
         conn.execute(insert(securities).values(ticker=sec.ticker, **values))
-    elif tuple(row) != (values["name"], values["kind"], values["exchange"]):
+    elif tuple(row) != tuple(values.values()):
         # A source without reference data (None name) must not erase a name another source gave.
         merged = {k: v for k, v in values.items() if v is not None}
         conn.execute(update(securities).where(securities.c.ticker == sec.ticker).values(**merged))

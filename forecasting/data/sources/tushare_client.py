@@ -143,6 +143,8 @@ class TushareClient:
         page_size: the rows per call the server is expected to cap replies at (``None``:
             :data:`DEFAULT_PAGE_SIZE`); informational only, since paging continues until a
             reply holds no older row, whatever a page's length.
+        limiter: called before every request, and waits as long as needed to keep the rate
+            (a :class:`~forecasting.data.sources.rate_limit.TokenBucket`); ``None`` never waits.
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class TushareClient:
         backoff: float = 2.0,
         timeout: float = 30.0,
         page_size: int | None = None,
+        limiter: Callable[[], object] | None = None,
     ) -> None:
         token = (token or "").strip()
         if not token:
@@ -166,6 +169,7 @@ class TushareClient:
         self._timeout = timeout
         self._page_size = page_size  # informational: paging never trusts a page's length
         self._deadline: float | None = None
+        self._limiter = limiter
 
         import tushare
 
@@ -224,6 +228,12 @@ class TushareClient:
         # the ingest to judge, so nothing is silently lost.
         return rows.drop_duplicates().reset_index(drop=True)
 
+    def query(
+        self, api_name: str, params: Mapping[str, str], fields: str, what: str
+    ) -> pd.DataFrame:
+        """One request, retried like every other (for callers that page in their own way)."""
+        return self._call(api_name, params, fields, what)
+
     def _call(
         self, api_name: str, params: Mapping[str, str], fields: str, what: str
     ) -> pd.DataFrame:
@@ -275,6 +285,8 @@ class TushareClient:
     ) -> pd.DataFrame:
         import requests
 
+        if self._limiter is not None:
+            self._limiter()
         try:
             frame = self._query(api_name, fields=fields, **params)
         except requests.RequestException as exc:
