@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from forecasting.data.ingest import ingest as ingest_prices
+from forecasting.data.ingest import ingest_options, source_options
 from forecasting.data.sources import make_source
 from forecasting.settings import Settings
 from forecasting_flows.common import (
@@ -39,10 +40,12 @@ def ingest_task(
     shard: int = 1,
 ) -> dict[str, Any]:
     """I/O task (retried): fetch and upsert. Reruns are idempotent, so a retry is safe."""
+    name = source or s.source
     src = make_source(
-        source or s.source,
+        name,
         token=s.tushare_token.value,
         path=path or s.source_path,
+        **source_options(name, s.ingest),
     )
     engine = engine_for(s.database_url)
     report = ingest_prices(
@@ -53,6 +56,7 @@ def ingest_task(
         end=end,
         history_start=s.history_start,
         progress=False,
+        **ingest_options(s.ingest),
     )
     get_run_logger().info(report.summary())
     return {
