@@ -94,9 +94,15 @@ _CELL_CLASSES: dict[str, type[nn.LSTM] | type[nn.GRU] | type[nn.RNN]] = {
 
 
 class SeqForecaster(nn.Module):
-    """Recurrent encoder + direct multi-horizon, multi-quantile linear head.
+    """Recurrent encoder + direct multi-horizon, multi-quantile linear head, plus a linear
+    skip from the whole input window to the outputs.
 
-    ``forward``: ``[B, L, F] -> [B, H, Q]`` with ``Q = len(config.quantiles)``.
+    The skip is an autoregression on the window (LSTNet's "highway"): a linear signal in past
+    returns (autocorrelation, mean reversion of the price, a weekday pattern) is one matrix
+    away, learnt in a few epochs where the recurrent path alone needed forty, and the
+    recurrent path is left what is not linear. It starts at zero, so an untrained network is
+    still (almost) persistence. ``forward``: ``[B, L, F] -> [B, H, Q]`` with
+    ``Q = len(config.quantiles)``.
     """
 
     def __init__(self, config: ModelConfig, n_features: int = 1) -> None:
@@ -112,16 +118,19 @@ class SeqForecaster(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.horizon * self.n_quantiles)
+        self.skip = nn.Linear(config.input_len * n_features, config.horizon * self.n_quantiles)
         # Start at (almost) persistence: daily returns are nearly unpredictable, so an untrained
         # head that already outputs ~0 change keeps early epochs from chasing noise.
         with torch.no_grad():
             self.head.weight.mul_(0.1)
             self.head.bias.zero_()
+            self.skip.weight.zero_()
+            self.skip.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.cell(x)  # [B, L, F] -> [B, L, Hd]
         last = self.drop(out[:, -1])  # [B, L, Hd] -> [B, Hd]
-        y = self.head(last)  # [B, Hd] -> [B, H*Q]
+        y = self.head(last) + self.skip(x.flatten(1))  # [B, Hd], [B, L*F] -> [B, H*Q]
         paths: torch.Tensor = y.view(-1, self.horizon, self.n_quantiles)  # [B, H*Q] -> [B, H, Q]
         return paths
 
@@ -138,5 +147,5 @@ def lstm_flops_per_sample(config: ModelConfig, n_features: int = 1) -> float:
     for layer in range(config.num_layers):
         inp = n_features if layer == 0 else hd
         total += 2.0 * gates * hd * (inp + hd) * config.input_len
-    total += 2.0 * hd * config.horizon * len(config.quantiles)
+    total += 2.0 * (hd + config.input_len * n_features) * config.horizon * len(config.quantiles)
     return total

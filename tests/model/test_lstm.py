@@ -49,7 +49,8 @@ def test_invalid_config_is_refused(bad: dict) -> None:
 
 
 def test_flop_count_matches_the_gate_matmuls() -> None:
-    """Two-layer LSTM: 4 gates x (in + hidden) x hidden multiply-adds per step and layer."""
+    """Two-layer LSTM: 4 gates x (in + hidden) x hidden multiply-adds per step and layer, plus
+    the head and the linear skip from the whole window."""
     cfg = ModelConfig(input_len=10, horizon=2, hidden_size=4, num_layers=2, loss="mse")
-    expected = 2 * 4 * 4 * (1 + 4) * 10 + 2 * 4 * 4 * (4 + 4) * 10 + 2 * 4 * 2
+    expected = 2 * 4 * 4 * (1 + 4) * 10 + 2 * 4 * 4 * (4 + 4) * 10 + 2 * (4 + 10) * 2
     assert lstm_flops_per_sample(cfg) == expected
