@@ -14,8 +14,10 @@ import datetime as dt
 import json
 import threading
 import zlib
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -35,7 +37,139 @@ def _closed(day: dt.date) -> bool:
     )
 
 
-class TushareStub:
+# -- the whole market: reference data, index members, one call per trading day -----------------
+
+#: Calls answered from the market handlers below rather than per ticker.
+MARKET_APIS = frozenset({"stock_basic", "index_weight"})
+#: Calls that, given ``trade_date``, answer for every stock of that day.
+BY_DATE_APIS = frozenset({"daily", "adj_factor"})
+
+
+@dataclass
+class StubListing:
+    """One stock as ``stock_basic`` lists it; it trades from ``list_date`` up to the day before
+    ``delist_date``, except on the days of its ``suspended`` spans (inclusive)."""
+
+    ticker: str
+    name: str
+    market: str = "主板"  # tushare's board names: 主板, 创业板, 科创板, 北交所
+    industry: str | None = "银行"
+    list_date: dt.date | None = None
+    delist_date: dt.date | None = None
+    suspended: tuple[tuple[dt.date, dt.date], ...] = ()
+
+
+@dataclass
+class StubMarket:
+    """The stub's market: listings, index members by rebalance date, and optionally the rows of
+    a day from elsewhere (a benchmark's generated market) instead of :meth:`TushareStub.bars`."""
+
+    listings: dict[str, StubListing] = field(default_factory=dict)
+    index_weights: dict[str, dict[dt.date, list[str]]] = field(default_factory=dict)
+    day_rows: Callable[[dt.date], list[dict[str, Any]]] | None = None
+    day_row_limit: int = 6000
+
+
+class _MarketStub:
+    """The whole-market handlers of :class:`TushareStub`: ``stock_basic``, ``index_weight`` and
+    ``daily`` / ``adj_factor`` by ``trade_date`` (paged with ``offset`` past the row limit)."""
+
+    first: dt.date
+    last: dt.date
+    listed: dict[str, dt.date]
+    requests: list[dict[str, Any]]
+    _lock: threading.Lock
+
+    def bars(self, ticker: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    @property
+    def market(self) -> StubMarket:
+        """The market this stub serves; set its fields, or assign a new one."""
+        market = self.__dict__.get("_market")
+        if market is None:
+            market = self.__dict__["_market"] = StubMarket()
+        return market  # type: ignore[no-any-return]
+
+    @market.setter
+    def market(self, value: StubMarket) -> None:
+        self.__dict__["_market"] = value
+
+    def list_stocks(self, *listings: StubListing) -> None:
+        """Add ``listings`` to the market (their list dates also bound :meth:`bars`)."""
+        for listing in listings:
+            self.market.listings[listing.ticker] = listing
+
+    def call_counts(self) -> Counter[str]:
+        """Requests received per ``api_name``: the call budget as the server saw it."""
+        with self._lock:
+            return Counter(str(r.get("api_name")) for r in self.requests)
+
+    def trades_on(self, ticker: str, day: dt.date) -> bool:
+        """Whether ``ticker`` has a bar on ``day`` (listed, not yet delisted, not suspended)."""
+        listing = self.market.listings.get(ticker)
+        if listing is None:
+            return True
+        if listing.list_date is not None and day < listing.list_date:
+            return False
+        if listing.delist_date is not None and day >= listing.delist_date:
+            return False
+        return not any(a <= day <= b for a, b in listing.suspended)
+
+    def _status(self, listing: StubListing) -> str:
+        return "D" if listing.delist_date is not None and listing.delist_date <= self.last else "L"
+
+    def _answer_market(self, api_name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        if api_name == "stock_basic":
+            wanted = str(params.get("list_status") or "L")
+            return [
+                {
+                    "ts_code": s.ticker,
+                    "symbol": s.ticker[:6],
+                    "name": s.name,
+                    "area": None,
+                    "industry": s.industry,
+                    "market": s.market,
+                    "exchange": {"SH": "SSE", "SZ": "SZSE", "BJ": "BSE"}[s.ticker[-2:]],
+                    "list_date": _ymd(s.list_date or self.listed.get(s.ticker) or self.first),
+                    "delist_date": _ymd(s.delist_date),
+                    "list_status": self._status(s),
+                }
+                for s in sorted(self.market.listings.values(), key=lambda s: s.ticker)
+                if self._status(s) == wanted
+            ]
+        if api_name == "index_weight":
+            code = str(params.get("index_code") or "")
+            start = str(params.get("start_date") or params.get("trade_date") or "00000000")
+            end = str(params.get("end_date") or params.get("trade_date") or "99999999")
+            rows = [
+                {"index_code": code, "con_code": t, "trade_date": _ymd(day), "weight": 1.0}
+                for day, members in self.market.index_weights.get(code, {}).items()
+                if start <= _ymd(day) <= end
+                for t in members
+            ]
+            rows.sort(key=lambda r: (r["trade_date"], r["con_code"]), reverse=True)
+            return rows[: self.market.day_row_limit]
+        day = dt.datetime.strptime(str(params["trade_date"]), "%Y%m%d").date()
+        if self.market.day_rows is not None:
+            rows = self.market.day_rows(day)
+        else:
+            rows = [
+                r
+                for t in sorted(self.market.listings)
+                if t not in STUB_INDICES
+                for r in self.bars(t)
+                if r["trade_date"] == _ymd(day)
+            ]
+        offset = int(params.get("offset") or 0)
+        return rows[offset : offset + self.market.day_row_limit]
+
+
+def _ymd(day: dt.date | None) -> str | None:
+    return None if day is None else day.strftime("%Y%m%d")
+
+
+class TushareStub(_MarketStub):
     """A tushare pro look-alike on ``127.0.0.1`` (a free port); use as a context manager.
 
     Args:
@@ -108,7 +242,7 @@ class TushareStub:
         listed = self.listed.get(ticker, self.first)
         rows = []
         for i, day in enumerate(self.trading_days()):
-            if day < listed:
+            if day < listed or not self.trades_on(ticker, day):
                 continue
             close = round(base + 0.01 * i + 0.1 * (i % 7), 2)
             vol = 1000.0 + i
@@ -147,6 +281,8 @@ class TushareStub:
                 )
                 day += dt.timedelta(days=1)
             key = "cal_date"
+        elif api_name in MARKET_APIS or (api_name in BY_DATE_APIS and "trade_date" in params):
+            return self._answer_market(api_name, params)
         elif api_name in ("daily", "index_daily", "adj_factor"):
             ticker = str(params.get("ts_code", ""))
             is_index = ticker in STUB_INDICES

@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from forecasting.clock import real_clock, trading_today
 from forecasting.data.calendar import DEFAULT_EXCHANGE, TradingCalendar
+from forecasting.data.increment import by_date_source
 from forecasting.data.prices import stored_spans, upsert_prices
 from forecasting.data.schema import ingest_runs, rejected_rows, securities
 from forecasting.data.sources.base import PriceSource, Security, SourceError, empty_bars
@@ -258,6 +259,8 @@ def _run(
         log.error("ingest %s: trading calendar: %s", report.run_id, exc)
     if calendar is None:
         calendar = TradingCalendar.load(engine, exchange, cal_start, end + CALENDAR_AHEAD)
+    # A whole-market source: reference data, and the increment by trade date when cheaper.
+    source = by_date_source(engine, source, plans, calendar)
 
     ingested_at = _now()
     bar = _progress_bar(names, progress)
@@ -324,15 +327,19 @@ def _ingest_ticker(
 
 
 def _upsert_security(conn: Connection, sec: Security) -> None:
-    values = {"name": sec.name, "kind": sec.kind or "stock", "exchange": sec.exchange}
+    values: dict[str, object] = {
+        "name": sec.name,
+        "kind": sec.kind or "stock",
+        "exchange": sec.exchange,
+    }
+    if sec.checked_through is not None:  # see forecasting.data.increment
+        values["checked_through"] = sec.checked_through
     row = conn.execute(
-        select(securities.c.name, securities.c.kind, securities.c.exchange).where(
-            securities.c.ticker == sec.ticker
-        )
+        select(*(securities.c[k] for k in values)).where(securities.c.ticker == sec.ticker)
     ).first()
     if row is None:
         conn.execute(insert(securities).values(ticker=sec.ticker, **values))
-    elif tuple(row) != (values["name"], values["kind"], values["exchange"]):
+    elif tuple(row) != tuple(values.values()):
         # A source without reference data (None name) must not erase a name another source gave.
         merged = {k: v for k, v in values.items() if v is not None}
         conn.execute(update(securities).where(securities.c.ticker == sec.ticker).values(**merged))

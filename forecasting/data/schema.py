@@ -42,6 +42,25 @@ securities = Table(
     Column("name", String(128)),
     Column("kind", String(16), nullable=False, server_default="stock"),  # stock | index
     Column("exchange", String(16)),
+    # Reference data from the source's listing (tushare stock_basic), refreshed by each ingest:
+    # see forecasting.data.listings.
+    Column("board", String(16)),  # main | ChiNext | STAR | BSE
+    Column("industry", String(64)),
+    Column("list_date", Date),
+    Column("delist_date", Date),
+    # The whole-market fetch of this day had no bar for it (a suspension): the next increment
+    # starts after this day, not after the last bar.
+    Column("checked_through", Date),
+)
+
+# Index constituents as published at each rebalance date (tushare index_weight), so that a
+# universe ``index:000300.SH`` resolves to the members of a past day, not today's.
+index_members = Table(
+    "index_members",
+    metadata,
+    Column("index_code", String(32), primary_key=True),
+    Column("trade_date", Date, primary_key=True),
+    Column("ticker", String(32), primary_key=True),
 )
 
 prices = Table(

@@ -259,7 +259,8 @@ def test_securities_row_is_written_with_the_batch(engine: Engine) -> None:
     """The ticker's reference data lands in securities alongside its prices."""
     go(engine, FrameSource({"A.SH": bars("A.SH", 3)}))
     with engine.connect() as conn:
-        row = conn.execute(select(securities)).one()
+        c = securities.c
+        row = conn.execute(select(c.ticker, c.name, c.kind, c.exchange)).one()
     assert tuple(row) == ("A.SH", "name of A.SH", "stock", "SSE")
 
 

@@ -21,6 +21,7 @@ from forecasting.data.sources.base import (
 from forecasting.data.sources.demo import DemoSource
 from forecasting.data.sources.files import FileSource
 from forecasting.data.sources.tushare import KNOWN_INDEX_TICKERS, TushareSource
+from forecasting.data.sources.tushare_market import TushareMarketSource
 from forecasting.settings import Secret, SourceName
 
 SOURCE_NAMES: tuple[str, ...] = get_args(SourceName)
@@ -34,6 +35,7 @@ __all__ = [
     "PriceSource",
     "Security",
     "SourceError",
+    "TushareMarketSource",
     "TushareSource",
     "empty_bars",
     "exchange_of",
@@ -55,7 +57,8 @@ def make_source(
         token: the tushare token (a ``Secret`` from settings or a plain string); tushare only.
         path: the CSV/Parquet file or directory; csv only.
         ticker: the ticker for files without a ``ts_code`` column; csv only.
-        **kw: passed to the source's constructor (e.g. ``http_url``, ``retries`` for tushare;
+        **kw: passed to the source's constructor (e.g. ``http_url``, ``retries``,
+            ``calls_per_minute`` for tushare;
             ``seed``, ``n_tickers``, ``start`` for demo).
 
     Raises:
@@ -64,7 +67,7 @@ def make_source(
     key = name.strip().lower()
     if key == "tushare":
         value = token.value if isinstance(token, Secret) else token
-        return TushareSource(value, **kw)
+        return TushareMarketSource(value, **kw)
     if key == "csv":
         if path is None:
             raise SourceError("the csv source needs a file or directory: pass --path")

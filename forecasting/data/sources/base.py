@@ -40,6 +40,9 @@ class Security:
     name: str | None = None
     kind: str = "stock"  # stock | index
     exchange: str | None = None
+    # The last day the source was asked for this ticker's bars and answered, bar or none; the
+    # ingest stores it with the bars (see forecasting.data.increment).
+    checked_through: dt.date | None = None
 
 
 @runtime_checkable

@@ -20,6 +20,7 @@ from forecasting.data.sources.base import (
     empty_bars,
     exchange_of,
 )
+from forecasting.data.sources.rate_limit import TokenBucket
 from forecasting.data.sources.tushare_client import TushareClient, parse_dates, require_columns
 
 #: Tickers fetched with ``index_daily`` rather than ``daily``.
@@ -57,6 +58,8 @@ class TushareSource:
             tushare's documented limits (6000 for ``daily``). It must not exceed the server's
             real limit, or older rows would be missed.
         exchange: the exchange whose calendar :meth:`trading_calendar` returns.
+        calls_per_minute: the account's rate limit; requests wait for a token of a
+            :class:`~forecasting.data.sources.rate_limit.TokenBucket` (``None``: no limit).
     """
 
     name = "tushare"
@@ -74,6 +77,7 @@ class TushareSource:
         timeout: float = 30.0,
         page_size: int | None = None,
         exchange: str = "SSE",
+        calls_per_minute: float | None = None,
     ) -> None:
         self._client = TushareClient(
             token,
@@ -82,6 +86,7 @@ class TushareSource:
             backoff=backoff,
             timeout=timeout,
             page_size=page_size,
+            limiter=TokenBucket(calls_per_minute) if calls_per_minute else None,
         )
         self._tickers = [t.strip().upper() for t in tickers]
         self._securities = {s.ticker.upper(): s for s in securities}

@@ -142,6 +142,8 @@ class TushareClient:
         timeout: HTTP timeout per request in seconds.
         page_size: rows per call after which another (older) page is requested; ``None`` uses
             :data:`DEFAULT_PAGE_SIZE`.
+        limiter: called before every request, and waits as long as needed to keep the rate
+            (a :class:`~forecasting.data.sources.rate_limit.TokenBucket`); ``None`` never waits.
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class TushareClient:
         backoff: float = 2.0,
         timeout: float = 30.0,
         page_size: int | None = None,
+        limiter: Callable[[], object] | None = None,
     ) -> None:
         token = (token or "").strip()
         if not token:
@@ -163,6 +166,7 @@ class TushareClient:
         self._retries = retries
         self._backoff = backoff
         self._page_size = page_size
+        self._limiter = limiter
 
         import tushare
 
@@ -215,6 +219,12 @@ class TushareClient:
         # the ingest to judge, so nothing is silently lost.
         return rows.drop_duplicates().reset_index(drop=True)
 
+    def query(
+        self, api_name: str, params: Mapping[str, str], fields: str, what: str
+    ) -> pd.DataFrame:
+        """One request, retried like every other (for callers that page in their own way)."""
+        return self._call(api_name, params, fields, what)
+
     def _call(
         self, api_name: str, params: Mapping[str, str], fields: str, what: str
     ) -> pd.DataFrame:
@@ -248,6 +258,8 @@ class TushareClient:
     ) -> pd.DataFrame:
         import requests
 
+        if self._limiter is not None:
+            self._limiter()
         try:
             frame = self._query(api_name, fields=fields, **params)
         except requests.RequestException as exc:

@@ -1,0 +1,114 @@
+"""Reference data of listed securities: name, board, industry, list and delist dates.
+
+The source's listing (tushare ``stock_basic``) is parsed into :class:`Listing` records once and
+stored in ``securities`` by :func:`store_listings`, which writes only what changed, so a daily
+refresh of the whole market's ~5,300 rows costs one read and a few writes. The pipeline reads
+them back (:func:`load_listings`) to stop forecasting a delisted ticker and to tell a suspension
+from a stale feed (:mod:`forecasting.pipeline.listings`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.engine import Connection
+
+from forecasting.data.schema import securities
+from forecasting.data.sources.base import exchange_of
+
+BOARDS = ("main", "ChiNext", "STAR", "BSE")
+
+# tushare's ``market`` field of stock_basic; CDR depositary receipts trade on the main board.
+_MARKET_BOARDS = {
+    "主板": "main",
+    "中小板": "main",  # merged into the SZSE main board in 2021
+    "CDR": "main",
+    "创业板": "ChiNext",
+    "科创板": "STAR",
+    "北交所": "BSE",
+}
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One security as its exchange lists it."""
+
+    ticker: str
+    name: str | None = None
+    board: str | None = None  # one of BOARDS
+    industry: str | None = None
+    list_date: dt.date | None = None
+    delist_date: dt.date | None = None
+
+    def listed_on(self, day: dt.date) -> bool:
+        """Listed on ``day``: on or after its list date and before its delist date."""
+        if self.list_date is not None and day < self.list_date:
+            return False
+        return self.delist_date is None or day < self.delist_date
+
+
+def board_of(ticker: str, market: str | None = None) -> str:
+    """The board of a stock: from the source's market name when it sent one, else its code
+    (688/689 STAR, 300/301 ChiNext, ``.BJ`` BSE, anything else the main board)."""
+    if market and market.strip() in _MARKET_BOARDS:
+        return _MARKET_BOARDS[market.strip()]
+    code = ticker.split(".")[0]
+    if ticker.upper().endswith(".BJ"):
+        return "BSE"
+    if code.startswith(("688", "689")):
+        return "STAR"
+    if code.startswith(("300", "301")):
+        return "ChiNext"
+    return "main"
+
+
+_FIELDS = ("name", "board", "industry", "list_date", "delist_date")
+
+
+def store_listings(conn: Connection, listings: Iterable[Listing]) -> tuple[int, int]:
+    """Insert or update the ``securities`` rows of ``listings``; returns (inserted, updated).
+
+    Rows that match what is stored are not written. ``kind`` stays as it is (a stock listing
+    never turns an index into a stock); new rows are stocks. The caller owns the transaction.
+    """
+    wanted = {x.ticker: x for x in listings}
+    if not wanted:
+        return 0, 0
+    c = securities.c
+    stored = {
+        row[0]: tuple(row[1:])
+        for row in conn.execute(select(c.ticker, *(c[f] for f in _FIELDS), c.exchange))
+    }
+    new, changed = [], []
+    for ticker, x in wanted.items():
+        values = {f: getattr(x, f) for f in _FIELDS}
+        row = stored.get(ticker)
+        if row is None:
+            new.append(
+                {"ticker": ticker, "kind": "stock", "exchange": exchange_of(ticker), **values}
+            )
+        elif row[: len(_FIELDS)] != tuple(values.values()):
+            changed.append({"b_ticker": ticker, **values})
+    if new:
+        conn.execute(insert(securities), new)
+    if changed:
+        conn.execute(
+            update(securities)
+            .where(c.ticker == bindparam("b_ticker"))
+            .values({f: bindparam(f) for f in _FIELDS}),
+            changed,
+        )
+    return len(new), len(changed)
+
+
+def load_listings(conn: Connection, tickers: Sequence[str] | None = None) -> dict[str, Listing]:
+    """The stored reference data of ``tickers`` (default: every security), by ticker; a ticker
+    without a ``securities`` row is absent."""
+    c = securities.c
+    query = select(c.ticker, *(c[f] for f in _FIELDS))
+    if tickers is not None:
+        query = query.where(c.ticker.in_(sorted(set(tickers))))
+    return {row[0]: Listing(*row) for row in conn.execute(query)}
