@@ -232,8 +232,13 @@ def format_summary(rows: pd.DataFrame) -> str:
     for process, g in h1.groupby("process", sort=False):
         target = TARGETS.get(str(process))
         shares = g["model_share"].to_numpy(dtype=np.float64)
-        met = "" if target is None else (
-            f"target >= {target:.0%}: " + ("met" if bool(np.all(shares >= target)) else "MISSED")
+        met = (
+            ""
+            if target is None
+            else (
+                f"target >= {target:.0%}: "
+                + ("met" if bool(np.all(shares >= target)) else "MISSED")
+            )
         )
         lines.append(
             f"{process:<9} h=1 share of oracle gain: min {shares.min():.0%}, mean "
@@ -248,15 +253,22 @@ def format_summary(rows: pd.DataFrame) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.signal", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.signal", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--process", action="append", choices=PROCESSES, help="repeatable; default all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--series", type=int, default=50)
     p.add_argument("--days", type=int, default=2500)
     p.add_argument("--test-days", type=int, default=250)
     p.add_argument("--quick", action="store_true", help="10 series, seed 0: a smoke run")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a ModelConfig field (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a ModelConfig field (repeatable)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -286,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for process in processes:
         for seed in seeds:
             rows += run(process, seed)
-            print(format_rows(pd.DataFrame(rows[-len(HORIZONS):])).splitlines()[-2], flush=True)
+            print(format_rows(pd.DataFrame(rows[-len(HORIZONS) :])).splitlines()[-2], flush=True)
     frame = pd.DataFrame(rows)
     print()
     print(format_rows(frame))

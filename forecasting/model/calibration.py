@@ -257,7 +257,7 @@ def apply_calibration(
         below = np.asarray(calib["f_lo"], dtype=np.float64) * lo
         above = np.asarray(calib["f_hi"], dtype=np.float64) * hi
     else:
-        sc = (np.ones(len(point)) if scale is None else np.asarray(scale, dtype=np.float64))
+        sc = np.ones(len(point)) if scale is None else np.asarray(scale, dtype=np.float64)
         below = -np.asarray(calib["q_lo"], dtype=np.float64) * sc[:, None]  # [N, H]
         above = np.asarray(calib["q_hi"], dtype=np.float64) * sc[:, None]
     lower = point - below * widen

@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from forecasting.model import scaling
 from forecasting.model.calibration import apply_calibration, recent_scale, rmse
+from forecasting.model.features import feature_matrix, fit_feature_scaler
 from forecasting.model.metrics import ratio_to_naive
 from forecasting.model.trained_model import (
     TrainedModel,
@@ -62,7 +63,7 @@ def _as_date(d: np.datetime64) -> dt.date:
 
 
 def _scaler_for(
-    model: TrainedModel, ticker: str, past_closes: np.ndarray
+    model: TrainedModel, ticker: str, past_closes: np.ndarray, past_dates: np.ndarray
 ) -> dict[str, float] | None:
     """The stored scaler, or — for a ticker the model never saw — one fitted on the closes
     passed in, which are the ticker's own past (the caller cuts them at the forecast origin or
@@ -72,7 +73,7 @@ def _scaler_for(
         return params
     if len(past_closes) < 2:
         return None
-    return scaling.fit_scaler(past_closes, model.config.target, name=ticker)
+    return fit_feature_scaler(past_closes, past_dates, model.config.target, name=ticker)
 
 
 def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, PathForecast]:
@@ -94,11 +95,12 @@ def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, P
         if len(c) < L + 1:
             log.debug("no forecast for %s: %d closes, need %d", tk, len(c), L + 1)
             continue
-        params = _scaler_for(model, tk, c)
+        params = _scaler_for(model, tk, c, d)
         if params is None:
             continue
         tail = c[-(L + 1) :]  # [L+1]
-        xs.append(scaling.inputs(tail, params, cfg.target)[1:])  # [L]
+        feats = feature_matrix(tail, d[-(L + 1) :], params, cfg.target, cfg.features, tk)
+        xs.append(feats[1:])  # [L+1, F] -> [L, F]
         naive.append(
             0.0
             if cfg.target == "log_return"
@@ -107,7 +109,7 @@ def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, P
         keep.append((tk, _as_date(d[-1]), float(c[-1]), params))
     if not keep:
         return {}
-    x = torch.from_numpy(np.stack(xs).astype(np.float32)).unsqueeze(-1)  # [S, L, 1]
+    x = torch.from_numpy(np.stack(xs).astype(np.float32))  # [S, L, F]
     device = inference_device(cfg)
     out = forward(build_network(model, device), x.to(device)).numpy()  # [S, H, Q]
     nv = np.repeat(np.asarray(naive)[:, None], cfg.horizon, axis=1)  # [S, H]
@@ -148,7 +150,8 @@ def score(
         n = len(c)
         if n < L + 2:
             continue
-        params = _scaler_for(model, tk, c[d <= after64])
+        past = d <= after64
+        params = _scaler_for(model, tk, c[past], d[past])
         if params is None:
             continue
         first_origin = max(int(np.searchsorted(d, after64, "left")), L)
@@ -156,14 +159,14 @@ def score(
         if first_origin > n - 2 or first_target > n - 1:
             continue
         t = np.arange(first_origin, n - 1)  # [T] origins with at least one target
-        x = scaling.inputs(c, params, cfg.target)  # [n]
+        x = feature_matrix(c, d, params, cfg.target, cfg.features, tk)  # [n, F]
         lv = np.concatenate([scaling.levels(c, params, cfg.target), np.full(H, np.nan)])
         lvw = sliding_window_view(lv, H + 1)[t]  # [T, H+1]
         pos = t[:, None] + np.arange(1, H + 1)  # [T, H] target positions
         mask = (pos <= n - 1) & (pos >= first_target)  # [T, H]
         keep = mask.any(axis=1)
         t, lvw, mask = t[keep], lvw[keep], mask[keep]
-        xs.append(sliding_window_view(x, L)[t - L + 1])  # [T, L]
+        xs.append(sliding_window_view(x, L, axis=0)[t - L + 1].transpose(0, 2, 1))  # [T, L, F]
         if cfg.target == "log_return":
             ys.append(lvw[:, 1:] - lvw[:, :1])  # [T, H]
             nvs.append(np.zeros((len(t), H)))
@@ -173,7 +176,7 @@ def score(
         masks.append(mask)
     if not xs:
         return Score(math.nan, math.nan, 0)
-    x_all = torch.from_numpy(np.concatenate(xs).astype(np.float32)).unsqueeze(-1)  # [N, L, 1]
+    x_all = torch.from_numpy(np.concatenate(xs).astype(np.float32))  # [N, L, F]
     device = inference_device(cfg)
     out = forward(build_network(model, device), x_all.to(device)).numpy()  # [N, H, Q]
     y, nv, mask = np.concatenate(ys), np.concatenate(nvs), np.concatenate(masks)  # [N, H]

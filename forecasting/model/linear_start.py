@@ -6,8 +6,10 @@ pooled over every training window of every series, solved in closed form. Gradie
 took tens of epochs to find the same linear signal from zero (66 Adam steps an epoch on 50
 series at batch 512, each moving a weight by about the learning rate); solved directly it is
 there at epoch 0, where early stopping scores it first. The tail heads start at the ridge
-forecast plus the empirical quantiles of its residuals, so the quantile loss starts at a
-calibrated band instead of a zero-width one. Only training windows are used: the validation
+forecast plus a linear spread (a second ridge regression, of the absolute residual on the same
+window, whose absolute-return inputs make it a volatility model) times the empirical quantiles
+of the residuals in units of that spread, so the quantile loss starts at a calibrated band that
+already widens after rough days, instead of a zero-width one. Only training windows are used: the validation
 span stays out of the regression as it stays out of the scalers.
 
 On a series without a linear signal the ridge coefficients are noise of order ``1/sqrt(N)``;
@@ -26,6 +28,7 @@ from forecasting.model.windows import TensorWindows
 
 RIDGE = 0.01  # penalty per window: lambda = RIDGE * N on unit-variance inputs
 RESIDUAL_SAMPLE = 50_000  # training windows whose residuals set the tail heads' start
+SPREAD_FLOOR = 0.2  # the tail start's spread is at least this share of the mean |residual|
 
 
 def start_skip(
@@ -40,7 +43,7 @@ def start_skip(
     ``train_idx [Nt]`` flat training origins. Accumulates ``X'X`` and ``X'Y`` over chunks
     (``X [B, L*F]`` inputs plus an intercept, ``Y [B, H]`` the clipped-return targets the loss
     uses), solves once, then starts quantile ``q`` of horizon ``h`` at the regression plus the
-    ``q``-quantile of that horizon's residuals."""
+    ``q``-quantile of that horizon's residuals in units of their fitted spread."""
     n = len(train_idx)
     if n == 0:
         return
@@ -65,27 +68,30 @@ def start_skip(
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(n, generator=gen)[:RESIDUAL_SAMPLE].to(train_idx.device)
     sample = train_idx[pick]
-    resid = torch.cat(
-        [
-            tw.train_targets(idx).double() - design(idx) @ beta  # [B, H]
-            for idx in torch.split(sample, EVAL_BATCH)
-        ]
-    )
+    xs = torch.cat([design(idx) for idx in torch.split(sample, EVAL_BATCH)])  # [Ns, L*F+1]
+    ys = torch.cat([tw.train_targets(idx).double() for idx in torch.split(sample, EVAL_BATCH)])
+    resid = ys - xs @ beta  # [Ns, H]
+    # The spread: a ridge regression of |residual| on the same window (the absolute returns
+    # among the inputs make it a linear volatility model), floored so it stays positive.
+    pen = torch.diag(penalty * len(sample) / n)
+    gamma = torch.linalg.solve(xs.T @ xs + pen, xs.T @ resid.abs())  # [L*F+1, H]
+    spread = xs @ gamma  # [Ns, H]
+    floor = SPREAD_FLOOR * resid.abs().mean(0)  # [H]
+    z = resid / torch.maximum(spread, floor)  # [Ns, H] residuals in units of the spread
     qs = torch.tensor(config.quantiles, dtype=torch.float64, device=resid.device)  # [Q]
-    offsets = torch.quantile(resid, qs, dim=0).T  # [Q, H] -> [H, Q]
+    c = torch.quantile(z, qs, dim=0).T  # [Q, H] -> [H, Q]
     n_q = len(config.quantiles)
     with torch.no_grad():
-        # Output h * Q + q of the skip is horizon h, quantile q (the head's [B, H, Q] view).
-        w = beta[:-1].T.repeat_interleave(n_q, dim=0)  # [H, L*F] -> [H*Q, L*F]
-        b = (beta[-1][:, None] + offsets).reshape(-1)  # [H, Q] -> [H*Q]
-        net.skip.weight.copy_(w.to(weight.dtype))
-        net.skip.bias.copy_(b.to(weight.dtype))
+        # Output h * Q + q of the skip is horizon h, quantile q (the head's [B, H, Q] view):
+        # the ridge forecast plus c[h, q] times the spread.
+        coef = beta.T[:, None, :] + c[:, :, None] * gamma.T[:, None, :]  # [H, Q, L*F+1]
+        coef = coef.reshape(config.horizon * n_q, n_in + 1)
+        net.skip.weight.copy_(coef[:, :-1].to(weight.dtype))
+        net.skip.bias.copy_(coef[:, -1].to(weight.dtype))
 
 
 def ridge_coefficients(net: SeqForecaster, config: ModelConfig) -> np.ndarray:
     """The skip's weights of the median head, ``[H, L*F]`` (for inspection and tests)."""
     w = net.skip.weight.detach().cpu().double().numpy()  # [H*Q, L*F]
-    coefs: np.ndarray = w.reshape(config.horizon, len(config.quantiles), -1)[
-        :, config.median_index
-    ]
+    coefs: np.ndarray = w.reshape(config.horizon, len(config.quantiles), -1)[:, config.median_index]
     return coefs

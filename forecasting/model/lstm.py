@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from forecasting.model.features import DEFAULT_FEATURES, FEATURES
 from forecasting.model.scaling import TARGETS
 from forecasting.settings import ModelSettings
 
@@ -32,11 +33,21 @@ class ModelConfig(ModelSettings):
     fine-tune (plus ``input_len`` of context); 0 means all of it. ``per_ticker``: the caller
     fits one model per ticker (:func:`forecasting.model.training.fit_per_ticker`).
     ``shrink`` lets calibration pull the point forecast toward persistence by a per-horizon
-    factor in ``[0, 1]`` fitted on validation (off only for ablations).
+    factor fitted on validation (off only for ablations). ``features``: the input columns
+    (:mod:`forecasting.model.features`), ``return`` first; a model saved before they existed
+    read the return alone.
     """
 
+    features: tuple[str, ...] = DEFAULT_FEATURES
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))  # JSON gives a list
         problems = []
+        if not self.features or self.features[0] != "return":
+            problems.append(f"features={list(self.features)} (must start with 'return')")
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown or len(set(self.features)) != len(self.features):
+            problems.append(f"features={list(self.features)} (use each of {FEATURES} once at most)")
         if self.cell not in CELLS:
             problems.append(f"cell={self.cell!r} (use one of {CELLS})")
         if self.target not in TARGETS:
@@ -69,15 +80,19 @@ class ModelConfig(ModelSettings):
         return self.quantiles.index(0.5)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict of every field."""
-        return asdict(self)
+        """JSON-able dict of every field (``features`` as a list, as JSON reads it back)."""
+        d = asdict(self)
+        d["features"] = list(self.features)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`. Unknown keys (from a newer version) are ignored so that
         old checkpoints stay loadable; missing keys take today's defaults."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        values = {k: v for k, v in d.items() if k in known}
+        values.setdefault("features", ("return",))  # saved before features: the return only
+        return cls(**values)
 
     @classmethod
     def from_settings(cls, s: ModelSettings) -> ModelConfig:
@@ -105,8 +120,9 @@ class SeqForecaster(nn.Module):
     ``Q = len(config.quantiles)``.
     """
 
-    def __init__(self, config: ModelConfig, n_features: int = 1) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        n_features = len(config.features)
         self.horizon = config.horizon
         self.n_quantiles = len(config.quantiles)
         self.cell = _CELL_CLASSES[config.cell](
@@ -135,13 +151,14 @@ class SeqForecaster(nn.Module):
         return paths
 
 
-def lstm_flops_per_sample(config: ModelConfig, n_features: int = 1) -> float:
+def lstm_flops_per_sample(config: ModelConfig) -> float:
     """Forward FLOPs of one sample (multiply-add = 2 FLOPs), gates' matmuls only.
 
     Each LSTM layer and step computes 4 gates: ``x W_ih`` (in x 4Hd) and ``h W_hh`` (Hd x 4Hd).
     GRU has 3 gates, a plain RNN 1. The head and elementwise ops are negligible beside them.
     """
     gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
+    n_features = len(config.features)
     hd = config.hidden_size
     total = 0.0
     for layer in range(config.num_layers):

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from forecasting.errors import InputError
-from forecasting.model import scaling
 from forecasting.model.calibration import apply_calibration, calibrate, recent_scale, rmse
+from forecasting.model.features import fit_feature_scaler
 from forecasting.model.linear_start import start_skip
 from forecasting.model.lstm import ModelConfig, SeqForecaster
 from forecasting.model.metrics import ratio_to_naive
@@ -46,7 +46,16 @@ log = logging.getLogger(__name__)
 MIN_TRAIN_WINDOWS = 20  # fewer training windows than this and a series only adds noise
 GRAD_CLIP = 1.0
 CALIB_TRAIN_SAMPLE = 20_000  # training windows that also inform the interval
-_ARCH_FIELDS = ("input_len", "horizon", "cell", "hidden_size", "num_layers", "target", "loss")
+_ARCH_FIELDS = (
+    "input_len",
+    "horizon",
+    "cell",
+    "hidden_size",
+    "num_layers",
+    "target",
+    "loss",
+    "features",
+)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -151,14 +160,14 @@ def build_dataset(
         if init is not None and tk in init.scalers:
             scalers[tk] = dict(init.scalers[tk])
         else:
-            scalers[tk] = scaling.fit_scaler(c[:fit_end], config.target, name=tk)
+            scalers[tk] = fit_feature_scaler(c[:fit_end], d[:fit_end], config.target, name=tk)
         closes[tk], dates[tk] = c, d
     if not closes:
         raise InputError(
             f"no series has enough history through {through}: each needs at least {min_len} "
             "closes; ingest more history or lower input_len/val_days"
         )
-    panel = build_panel(closes, dates, scalers, config.target)
+    panel = build_panel(closes, dates, scalers, config.target, config.features)
     n = panel.lengths  # [S]
     val_start = n - V  # [S] local position of the first validation target
     train_idx = origins(panel, L, H, np.zeros_like(n), val_start - 1 - H)  # targets < val_start

@@ -72,17 +72,21 @@ def _garch_panel(k: int, n: int, seed: int) -> tuple[dict[str, pd.Series], np.nd
 
 
 @pytest.mark.slow
-def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_volatility() -> (
-    None
-):
+def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_volatility() -> None:
     """Out of sample on simulated GARCH(1,1) series, the 80% band from the conformalized
     quantile heads covers about 80% of next-day closes (0.75-0.85, every horizon within
     0.72-0.88), and is wider on days whose true conditional volatility is higher."""
     torch.set_num_threads(1)
     series, sd = _garch_panel(4, 1100, seed=3)
     cfg = ModelConfig(
-        input_len=30, horizon=3, hidden_size=8, val_days=60, max_epochs=2, batch_size=128,
-        history_days=800, device="cpu",
+        input_len=30,
+        horizon=3,
+        hidden_size=8,
+        val_days=60,
+        max_epochs=2,
+        batch_size=128,
+        history_days=800,
+        device="cpu",
     )
     test_days = 200
     dates = list(series["G0.SH"].index)
@@ -105,7 +109,6 @@ def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_v
         width[i] = np.log(p.upper[0] / p.lower[0])
         true_sd[i] = sd[int(tk[1]), t + 1]
     coverage = covered.mean(axis=0)  # [H]
-    print("COV", coverage, np.corrcoef(width, true_sd)[0, 1], model.calibration["f_lo"], model.calibration["f_hi"])
     assert 0.75 <= coverage[0] <= 0.85, coverage
     assert np.all((coverage >= 0.72) & (coverage <= 0.88)), coverage
     assert np.corrcoef(width, true_sd)[0, 1] > 0.3
