@@ -18,7 +18,14 @@ from prefect.cache_policies import NO_CACHE
 from forecasting.errors import InputError
 from forecasting.pipeline import backfill as bf
 from forecasting.pipeline.config import RunConfig
-from forecasting_flows.common import FlowDate, SettingsTaskRunner, engine_for, parse_date, settings
+from forecasting_flows.common import (
+    FlowDate,
+    SettingsTaskRunner,
+    engine_for,
+    flush_run_logs,
+    parse_date,
+    settings,
+)
 
 
 @task(name="plan", task_run_name="plan", cache_policy=NO_CACHE, persist_result=False)
@@ -98,6 +105,7 @@ def backfill(
         markdown=_markdown(result),
         description=f"Backfill {lineage}",
     )
+    flush_run_logs()
     return result
 
 

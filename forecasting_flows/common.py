@@ -196,6 +196,16 @@ def forward_library_logs(name: str = "forecasting") -> None:
         logger.setLevel(logging.INFO)
 
 
+def flush_run_logs() -> None:
+    """Send the log lines still queued for the Prefect API now, and wait (at most 5 s).
+
+    Prefect ships log lines in batches, every two seconds, and sends the last batch only as the
+    process exits. A flow calls this just before it returns, so that its whole log is on the
+    server by the time its state says Completed: a process stopped right after (``forecasting
+    serve`` interrupted, a worker shut down) then loses none of it."""
+    APILogHandler().flush()
+
+
 # Every process that runs a flow or task imports this module first (the worker's engine process,
 # `forecasting serve`'s subprocesses, Dask workers unpickling a task).
 forward_library_logs()

@@ -23,15 +23,22 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote, unmapped
 
 from forecasting.clock import real_clock, trading_today
-from forecasting.data.locks import scope_lock
+from forecasting.data.locks import LockToken, scope_lock
 from forecasting.pipeline import daily as pipeline
+from forecasting.pipeline import runs
 from forecasting.pipeline.check import ScopeCheck, check_scope
 from forecasting.pipeline.config import RunConfig
 from forecasting.pipeline.forecast import ForecastBatch, forecast_shard
 from forecasting.pipeline.forecast_store import WriteResult
 from forecasting.pipeline.refit import ScopeOutcome, apply_decision
 from forecasting.pipeline.summary import RunSummary
-from forecasting_flows.common import FlowDate, SettingsTaskRunner, engine_for, settings
+from forecasting_flows.common import (
+    FlowDate,
+    SettingsTaskRunner,
+    engine_for,
+    flush_run_logs,
+    settings,
+)
 from forecasting_flows.ingest import ingest_sharded
 
 TASK_OPTS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -102,10 +109,15 @@ def forecast_task(
 
 @task(name="publish", task_run_name="publish", retries=2, retry_delay_seconds=5, **TASK_OPTS)
 def publish_task(
-    cfg: RunConfig, run_id: str, batch: ForecastBatch, outcomes: list[ScopeOutcome]
+    cfg: RunConfig,
+    run_id: str,
+    batch: ForecastBatch,
+    outcomes: list[ScopeOutcome],
+    lock: LockToken,
 ) -> WriteResult:
-    """I/O task: one transaction; the upsert is idempotent, so a retry cannot duplicate."""
-    return pipeline.publish(engine_for(cfg.database_url), run_id, batch, outcomes)
+    """I/O task: one transaction; the upsert is idempotent, so a retry cannot duplicate. It
+    publishes nothing once the run has lost its lineage lock."""
+    return pipeline.publish(engine_for(cfg.database_url), run_id, batch, outcomes, lock)
 
 
 @task(name="summary", task_run_name="summary", **TASK_OPTS)
@@ -188,7 +200,7 @@ def daily(
     if isinstance(plan, RunSummary):
         return _finish(plan)
     scopes = plan.scopes
-    with scope_lock(engine, pipeline.lineage_lock(LINEAGE)):
+    with scope_lock(engine, pipeline.lineage_lock(LINEAGE)) as lock:
         opened = pipeline.open_run(
             engine,
             plan.as_of,
@@ -201,37 +213,38 @@ def daily(
         if isinstance(opened, RunSummary):
             return _finish(opened)
         run_id = opened
-        try:
-            checks = [
-                check_task.submit(cfg, plan.as_of, scope, t, force_retrain)
-                for scope, t in scopes.items()
-            ]
-            # Each check's value, not its future, goes to its refit: a failed check then raises
-            # its own error here, instead of leaving the refit pending ("UnfinishedRun").
-            refits = [
-                refit_task.submit(cfg, plan.as_of, scope, c.result())
-                for scope, c in zip(scopes, checks, strict=True)
-            ]
-            outcomes = [o.result() for o in refits]
-            versions = pipeline.forecast_versions(outcomes)
-            parts_in = shards(plan.units, shard_size)
-            parts = forecast_task.map(
-                cfg,
-                plan.as_of,
-                parts_in,
-                run_id,
-                unmapped(versions),
-                range(1, len(parts_in) + 1),
-            )
-            batch = ForecastBatch(plan.as_of)
-            for part in parts.result():
-                batch = batch.merge(part)
-            # quote(): Prefect would otherwise walk every ticker and skip reason in the batch
-            # looking for futures; it unwraps it before the call (its stubs don't model that).
-            written = publish_task(cfg, run_id, quote(batch), outcomes)  # type: ignore[call-overload]
-        except BaseException as exc:
-            pipeline.fail_run(engine, run_id, exc, list(scopes))
-            raise
+        with runs.beating(engine, run_id):
+            try:
+                checks = [
+                    check_task.submit(cfg, plan.as_of, scope, t, force_retrain)
+                    for scope, t in scopes.items()
+                ]
+                # Each check's value, not its future, goes to its refit: a failed check then raises
+                # its own error here, instead of leaving the refit pending ("UnfinishedRun").
+                refits = [
+                    refit_task.submit(cfg, plan.as_of, scope, c.result())
+                    for scope, c in zip(scopes, checks, strict=True)
+                ]
+                outcomes = [o.result() for o in refits]
+                versions = pipeline.forecast_versions(outcomes)
+                parts_in = shards(plan.units, shard_size)
+                parts = forecast_task.map(
+                    cfg,
+                    plan.as_of,
+                    parts_in,
+                    run_id,
+                    unmapped(versions),
+                    range(1, len(parts_in) + 1),
+                )
+                batch = ForecastBatch(plan.as_of)
+                for part in parts.result():
+                    batch = batch.merge(part)
+                # quote(): Prefect would otherwise walk every ticker and skip reason in the batch
+                # looking for futures; it unwraps it before the call (its stubs don't model that).
+                written = publish_task(cfg, run_id, quote(batch), outcomes, lock)  # type: ignore[call-overload]
+            except BaseException as exc:
+                pipeline.fail_run(engine, run_id, exc, list(scopes))
+                raise
     summary = pipeline.finished_summary(
         engine, run_id, plan.as_of, LINEAGE, outcomes, batch, written
     )
@@ -250,4 +263,5 @@ def _finish(summary: RunSummary) -> RunSummary:
     if summary.message:
         get_run_logger().info(summary.message)
     summary_task(quote(summary))  # type: ignore[call-overload]
+    flush_run_logs()
     return summary

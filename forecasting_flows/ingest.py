@@ -12,7 +12,13 @@ from prefect.cache_policies import NO_CACHE
 from forecasting.data.ingest import ingest as ingest_prices
 from forecasting.data.sources import make_source
 from forecasting.settings import Settings
-from forecasting_flows.common import FlowDate, SettingsTaskRunner, engine_for, settings
+from forecasting_flows.common import (
+    FlowDate,
+    SettingsTaskRunner,
+    engine_for,
+    flush_run_logs,
+    settings,
+)
 
 
 @task(
@@ -131,4 +137,6 @@ def ingest(
         shard_size: Tickers per ingest task.
     """
     s = settings()
-    return ingest_sharded(s, source, tickers, start, end, path, shard_size)
+    result = ingest_sharded(s, source, tickers, start, end, path, shard_size)
+    flush_run_logs()
+    return result

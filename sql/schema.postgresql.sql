@@ -120,6 +120,7 @@ CREATE TABLE pipeline_runs (
 	as_of_date DATE NOT NULL, 
 	started_at TIMESTAMP WITH TIME ZONE NOT NULL, 
 	finished_at TIMESTAMP WITH TIME ZONE, 
+	heartbeat_at TIMESTAMP WITH TIME ZONE, 
 	status VARCHAR(16) NOT NULL, 
 	decision VARCHAR(16), 
 	model_version_id INTEGER, 

@@ -120,6 +120,7 @@ CREATE TABLE pipeline_runs (
 	as_of_date DATE NOT NULL, 
 	started_at DATETIME NOT NULL, 
 	finished_at DATETIME, 
+	heartbeat_at DATETIME, 
 	status VARCHAR(16) NOT NULL, 
 	decision VARCHAR(16), 
 	model_version_id INTEGER, 

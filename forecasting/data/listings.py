@@ -16,19 +16,19 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
+from forecasting.data.price_limits import Board
+from forecasting.data.price_limits import board_of as code_board
 from forecasting.data.schema import securities
-from forecasting.data.sources.base import exchange_of
 
-BOARDS = ("main", "ChiNext", "STAR", "BSE")
-
-# tushare's ``market`` field of stock_basic; CDR depositary receipts trade on the main board.
-_MARKET_BOARDS = {
+# tushare's ``market`` field of stock_basic, as the boards of forecasting.data.price_limits
+# (whose limits differ by board); CDR depositary receipts trade on the main board.
+_MARKET_BOARDS: dict[str, Board] = {
     "主板": "main",
     "中小板": "main",  # merged into the SZSE main board in 2021
     "CDR": "main",
-    "创业板": "ChiNext",
-    "科创板": "STAR",
-    "北交所": "BSE",
+    "创业板": "chinext",
+    "科创板": "star",
+    "北交所": "bse",
 }
 
 
@@ -38,7 +38,7 @@ class Listing:
 
     ticker: str
     name: str | None = None
-    board: str | None = None  # one of BOARDS
+    board: str | None = None  # main | chinext | star | bse (forecasting.data.price_limits)
     industry: str | None = None
     list_date: dt.date | None = None
     delist_date: dt.date | None = None
@@ -50,19 +50,12 @@ class Listing:
         return self.delist_date is None or day < self.delist_date
 
 
-def board_of(ticker: str, market: str | None = None) -> str:
-    """The board of a stock: from the source's market name when it sent one, else its code
-    (688/689 STAR, 300/301 ChiNext, ``.BJ`` BSE, anything else the main board)."""
+def board_of(ticker: str, market: str | None = None) -> Board:
+    """The board of a stock: from the source's market name when it sent one, else from its
+    code (:func:`forecasting.data.price_limits.board_of`)."""
     if market and market.strip() in _MARKET_BOARDS:
         return _MARKET_BOARDS[market.strip()]
-    code = ticker.split(".")[0]
-    if ticker.upper().endswith(".BJ"):
-        return "BSE"
-    if code.startswith(("688", "689")):
-        return "STAR"
-    if code.startswith(("300", "301")):
-        return "ChiNext"
-    return "main"
+    return code_board(ticker)
 
 
 _FIELDS = ("name", "board", "industry", "list_date", "delist_date")
@@ -74,6 +67,9 @@ def store_listings(conn: Connection, listings: Iterable[Listing]) -> tuple[int, 
     Rows that match what is stored are not written. ``kind`` stays as it is (a stock listing
     never turns an index into a stock); new rows are stocks. The caller owns the transaction.
     """
+    # Imported here: the sources package imports this module (tushare_market builds Listings).
+    from forecasting.data.sources.base import exchange_of
+
     wanted = {x.ticker: x for x in listings}
     if not wanted:
         return 0, 0

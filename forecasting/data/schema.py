@@ -190,7 +190,10 @@ pipeline_runs = Table(
     Column("as_of_date", Date, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
-    Column("status", String(16), nullable=False),  # running | success | failed
+    Column("heartbeat_at", DateTime(timezone=True)),  # refreshed while it runs
+    Column(
+        "status", String(16), nullable=False
+    ),  # running | success | partial | failed | abandoned
     Column("decision", String(16)),
     Column("model_version_id", Integer, ForeignKey("model_versions.id")),
     Column("n_forecast", Integer),

@@ -29,14 +29,15 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
+from typing import get_args
 
 import numpy as np
 
+from forecasting.choices import Feature
 from forecasting.data.price_limits import daily_limit
 from forecasting.model import scaling
 
-FEATURES = ("return", "abs_return", "gap", "limit_up", "limit_down")
-DEFAULT_FEATURES = FEATURES
+FEATURES: tuple[str, ...] = get_args(Feature)
 ABS_MEAN = math.sqrt(2.0 / math.pi)  # E|z| of a standard normal: the default before fitting
 GAP_MEAN = math.log(7.0 / 5.0)  # a five-day week's mean log calendar gap
 LIMIT_SLACK = 0.002  # a close within 0.2% of the limit is at it (rounding to the fen, qfq)

@@ -76,14 +76,21 @@ def _scaler_for(
     return fit_feature_scaler(past_closes, past_dates, model.config.target, name=ticker)
 
 
-def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, PathForecast]:
+def predict(
+    model: TrainedModel,
+    series: Mapping[str, pd.Series],
+    *,
+    gaps: Mapping[str, int] | None = None,
+) -> dict[str, PathForecast]:
     """Forecast paths from the last ``input_len`` observations of each series.
 
     The caller cuts each series at the forecast origin. ``base_close`` is the last close and the
     ``log_return`` paths are ``base_close * exp(cumulative predicted log-return)``. All tickers go
     through one batched forward pass. Tickers with fewer than ``input_len + 1`` closes are
     omitted. A ticker without a stored scaler (not in the training set of a global model) gets a
-    scaler fitted on the closes passed in, i.e. its own past.
+    scaler fitted on the closes passed in, i.e. its own past. ``gaps``: trading days between
+    a ticker's last bar and the forecast origin (a suspension, a late price); its band widens
+    for them (:func:`forecasting.model.calibration.gap_widening`).
     """
     cfg = model.config
     L = cfg.input_len
@@ -114,7 +121,8 @@ def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, P
     out = forward(build_network(model, device), x.to(device)).numpy()  # [S, H, Q]
     nv = np.repeat(np.asarray(naive)[:, None], cfg.horizon, axis=1)  # [S, H]
     scale = recent_scale(x[..., 0].numpy(), cfg.target)  # [S]
-    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg, scale)
+    gap = np.array([(gaps or {}).get(tk, 0) for tk, *_ in keep], dtype=np.float64)  # [S]
+    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg, scale, gap)
     result = {}
     for i, (tk, origin, base, params) in enumerate(keep):
         yhat = scaling.to_price(point[i], base, params, cfg.target)  # [H]

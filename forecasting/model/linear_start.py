@@ -27,6 +27,7 @@ from forecasting.model.trained_model import EVAL_BATCH
 from forecasting.model.windows import TensorWindows
 
 RIDGE = 0.01  # penalty per window: lambda = RIDGE * N on unit-variance inputs
+RIDGE_SAMPLE = 200_000  # training windows in the regression: one pass, bounded over a market
 RESIDUAL_SAMPLE = 50_000  # training windows whose residuals set the tail heads' start
 SPREAD_FLOOR = 0.2  # the tail start's spread is at least this share of the mean |residual|
 
@@ -44,9 +45,13 @@ def start_skip(
     (``X [B, L*F]`` inputs plus an intercept, ``Y [B, H]`` the clipped-return targets the loss
     uses), solves once, then starts quantile ``q`` of horizon ``h`` at the regression plus the
     ``q``-quantile of that horizon's residuals in units of their fitted spread."""
-    n = len(train_idx)
-    if n == 0:
+    if len(train_idx) == 0:
         return
+    gen = torch.Generator().manual_seed(seed)
+    if len(train_idx) > RIDGE_SAMPLE:
+        pick = torch.randperm(len(train_idx), generator=gen)[:RIDGE_SAMPLE]
+        train_idx = train_idx[pick.sort().values.to(train_idx.device)]
+    n = len(train_idx)
     weight = net.skip.weight  # [H*Q, L*F]
     n_in = weight.shape[1]
     xtx = torch.zeros(n_in + 1, n_in + 1, dtype=torch.float64, device=tw.x.device)
@@ -65,7 +70,6 @@ def start_skip(
     penalty[-1] = 0.0  # the intercept is not penalized
     beta = torch.linalg.solve(xtx + torch.diag(penalty), xty)  # [L*F+1, H]
 
-    gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(n, generator=gen)[:RESIDUAL_SAMPLE].to(train_idx.device)
     sample = train_idx[pick]
     xs = torch.cat([design(idx) for idx in torch.split(sample, EVAL_BATCH)])  # [Ns, L*F+1]

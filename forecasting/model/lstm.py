@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from forecasting.model.features import DEFAULT_FEATURES, FEATURES
+from forecasting.model.features import FEATURES
 from forecasting.model.scaling import TARGETS
 from forecasting.settings import ModelSettings
 
@@ -38,8 +38,6 @@ class ModelConfig(ModelSettings):
     read the return alone.
     """
 
-    features: tuple[str, ...] = DEFAULT_FEATURES
-
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))  # JSON gives a list
         problems = []
@@ -61,7 +59,14 @@ class ModelConfig(ModelSettings):
         for name in ("input_len", "horizon", "hidden_size", "num_layers", "batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
-        for name in ("max_epochs", "patience", "val_days", "finetune_epochs", "finetune_days"):
+        for name in (
+            "max_epochs",
+            "patience",
+            "val_days",
+            "finetune_epochs",
+            "finetune_days",
+            "windows_per_epoch",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 0)")
         if problems:
@@ -146,7 +151,12 @@ class SeqForecaster(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.cell(x)  # [B, L, F] -> [B, L, Hd]
         last = self.drop(out[:, -1])  # [B, L, Hd] -> [B, Hd]
-        y = self.head(last) + self.skip(x.flatten(1))  # [B, Hd], [B, L*F] -> [B, H*Q]
+        # The skip in float64: a float32 matmul over L*F inputs rounds differently with the
+        # batch's size, and a ticker's forecast must not depend on which tickers share its batch.
+        skip = nn.functional.linear(
+            x.flatten(1).double(), self.skip.weight.double(), self.skip.bias.double()
+        )  # [B, L*F] -> [B, H*Q]
+        y = self.head(last).double() + skip  # [B, Hd] -> [B, H*Q]
         paths: torch.Tensor = y.view(-1, self.horizon, self.n_quantiles)  # [B, H*Q] -> [B, H, Q]
         return paths
 

@@ -20,13 +20,11 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
 from forecasting.clock import real_clock, trading_today
 from forecasting.data.calendar import TradingCalendar
-from forecasting.data.locks import scope_lock
-from forecasting.data.schema import forecast_staging, pipeline_runs
+from forecasting.data.locks import LockToken, scope_lock, verify
 from forecasting.model import registry
 from forecasting.pipeline import runs
 from forecasting.pipeline.check import check_scope
@@ -130,11 +128,20 @@ def forecast_versions(outcomes: Sequence[ScopeOutcome]) -> dict[str, int | None]
 
 
 def publish(
-    engine: Engine, run_id: str, batch: ForecastBatch, outcomes: Sequence[ScopeOutcome]
+    engine: Engine,
+    run_id: str,
+    batch: ForecastBatch,
+    outcomes: Sequence[ScopeOutcome],
+    lock: LockToken | None = None,
 ) -> WriteResult:
     """Make the run visible, in one transaction: each scope's decision and new champion, the
-    forecasts its shards staged, and the run's completion record; empty its stage."""
+    forecasts its shards staged, and the run's completion record; empty its stage.
+
+    With ``lock`` (the run's lineage lock), the transaction checks last that the lock is still
+    held, first and last, and rolls back with :class:`~forecasting.data.locks.LockLostError`
+    when it is not (another run of the lineage may have started since)."""
     with engine.begin() as conn:
+        verify(conn, lock)
         for outcome in outcomes:
             commit_outcome(conn, run_id, outcome)
         rows = staged_rows(conn, run_id)
@@ -166,6 +173,7 @@ def publish(
                 "versions": batch.versions,
             },
         )
+        verify(conn, lock)
     return result
 
 
@@ -207,19 +215,12 @@ def open_run(
                     "(use --rerun to recompute)"
                 ),
             )
-    # Rows staged and candidates saved by an earlier run of this lineage are left over from a
-    # process that died before publishing or failing it. On Postgres the lineage lock
-    # guarantees no other run of the lineage is in flight; SQLite takes no such lock, so there
-    # a run still marked running keeps its rows for a day.
-    pr = pipeline_runs.c
-    earlier = select(pr.run_id).where(pr.lineage == lineage)
-    if engine.dialect.name != "postgresql":
-        stale = runs.utcnow() - dt.timedelta(days=1)
-        earlier = earlier.where((pr.status != RunStatus.RUNNING) | (pr.started_at < stale))
+    # Runs of this lineage still marked running, their staged rows and their candidates are
+    # left over from a process that died before publishing or failing: the lineage lock this
+    # run holds means no other run of the lineage is in flight.
     with engine.begin() as conn:
-        conn.execute(delete(forecast_staging).where(forecast_staging.c.run_id.in_(earlier)))
-        if engine.dialect.name == "postgresql":
-            registry.discard_candidates(conn, scopes)
+        runs.mark_abandoned(conn, lineage)
+        registry.discard_candidates(conn, scopes)
     return runs.start_run(engine, as_of, kind=kind, lineage=lineage, flow_run_id=flow_run_id)
 
 
@@ -280,7 +281,7 @@ def run_pipeline(
     if isinstance(plan, RunSummary):
         return plan
     scopes = plan.scopes
-    with scope_lock(engine, lineage_lock(lineage)):
+    with scope_lock(engine, lineage_lock(lineage)) as lock:
         opened = open_run(
             engine,
             plan.as_of,
@@ -293,33 +294,34 @@ def run_pipeline(
         if isinstance(opened, RunSummary):
             return opened
         run_id = opened
-        try:
-            outcomes = []
-            for scope, scope_tickers in scopes.items():
-                step(f"check {scope}")
-                outcomes.append(
-                    refit_scope(
-                        engine,
-                        settings,
-                        plan.as_of,
-                        scope,
-                        scope_tickers,
-                        force_retrain=force_retrain,
+        with runs.beating(engine, run_id):
+            try:
+                outcomes = []
+                for scope, scope_tickers in scopes.items():
+                    step(f"check {scope}")
+                    outcomes.append(
+                        refit_scope(
+                            engine,
+                            settings,
+                            plan.as_of,
+                            scope,
+                            scope_tickers,
+                            force_retrain=force_retrain,
+                        )
                     )
+                step("forecast")
+                batch = forecast_shard(
+                    engine,
+                    settings,
+                    plan.as_of,
+                    plan.units,
+                    run_id,
+                    lineage=lineage,
+                    versions=forecast_versions(outcomes),
                 )
-            step("forecast")
-            batch = forecast_shard(
-                engine,
-                settings,
-                plan.as_of,
-                plan.units,
-                run_id,
-                lineage=lineage,
-                versions=forecast_versions(outcomes),
-            )
-            step("publish")
-            written = publish(engine, run_id, batch, outcomes)
-        except BaseException as exc:
-            fail_run(engine, run_id, exc, list(scopes))
-            raise
+                step("publish")
+                written = publish(engine, run_id, batch, outcomes, lock)
+            except BaseException as exc:
+                fail_run(engine, run_id, exc, list(scopes))
+                raise
     return finished_summary(engine, run_id, plan.as_of, lineage, outcomes, batch, written)

@@ -1,19 +1,35 @@
 """``pipeline_runs``: one row per daily (or backfill-day) run, written before any work starts
-so that a crash leaves a ``failed``/``running`` record rather than nothing."""
+so that a crash leaves a ``failed``/``running`` record rather than nothing.
+
+A running run beats: a thread refreshes its ``heartbeat_at`` (:func:`beating`). The next run
+marks the ones whose process is gone ``abandoned`` (:func:`mark_abandoned`): in its own
+lineage every run still ``running`` (the lineage lock it holds proves no other is alive), in
+the others those whose heartbeat is older than ``stale_after``."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from forecasting.data.schema import pipeline_runs
+from forecasting.data.schema import forecast_staging, pipeline_runs
+
+log = logging.getLogger(__name__)
+
+#: How often a running run refreshes its heartbeat, and how long without one makes a run of
+#: another lineage count as abandoned.
+HEARTBEAT_EVERY = dt.timedelta(seconds=30)
+STALE_AFTER = dt.timedelta(minutes=10)
 
 
 class RunStatus(StrEnum):
@@ -21,7 +37,9 @@ class RunStatus(StrEnum):
 
     RUNNING = "running"
     SUCCESS = "success"
+    PARTIAL = "partial"  # published, with tickers skipped for their inputs (run_skips)
     FAILED = "failed"
+    ABANDONED = "abandoned"  # its process died; marked by a later run
 
 
 def utcnow() -> dt.datetime:
@@ -59,6 +77,7 @@ def start_run(
                 lineage=lineage,
                 as_of_date=as_of,
                 started_at=utcnow(),
+                heartbeat_at=utcnow(),
                 status=RunStatus.RUNNING,
             )
         )
@@ -119,3 +138,65 @@ def completed_run(conn: Connection, as_of: dt.date, lineage: str = "live") -> Ru
         n_forecast=row.n_forecast,
         finished_at=row.finished_at,
     )
+
+
+@contextmanager
+def beating(engine: Engine, run_id: str, every: dt.timedelta = HEARTBEAT_EVERY) -> Iterator[None]:
+    """Refresh ``run_id``'s heartbeat every ``every`` from a thread while the body runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every.total_seconds()):
+            try:
+                with engine.begin() as conn:
+                    conn.execute(
+                        update(pipeline_runs)
+                        .where(pipeline_runs.c.run_id == run_id)
+                        .values(heartbeat_at=utcnow())
+                    )
+            except Exception as exc:  # a missed beat is not the run's failure
+                log.warning("run %s: heartbeat failed (%s)", run_id, exc)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def mark_abandoned(
+    conn: Connection,
+    lineage: str,
+    *,
+    stale_after: dt.timedelta = STALE_AFTER,
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """Mark ``abandoned`` the runs whose process is gone, drop what they staged, and return
+    their ids: every ``running`` run of ``lineage`` (call this holding its lock) and the runs of
+    other lineages without a heartbeat for ``stale_after``."""
+    pr = pipeline_runs.c
+    cutoff = (now or utcnow()) - stale_after
+    beat = (pr.heartbeat_at.is_(None) & (pr.started_at < cutoff)) | (pr.heartbeat_at < cutoff)
+    ids = [
+        r[0]
+        for r in conn.execute(
+            select(pr.run_id).where(
+                pr.status == RunStatus.RUNNING, or_(pr.lineage == lineage, beat)
+            )
+        )
+    ]
+    if ids:
+        conn.execute(delete(forecast_staging).where(forecast_staging.c.run_id.in_(ids)))
+        conn.execute(
+            update(pipeline_runs)
+            .where(pr.run_id.in_(ids))
+            .values(
+                status=RunStatus.ABANDONED,
+                finished_at=utcnow(),
+                error="abandoned: its process stopped without finishing it (found by a later run)",
+            )
+        )
+        log.warning("marked %d run(s) abandoned: %s", len(ids), ", ".join(ids))
+    return ids

@@ -187,7 +187,7 @@ def test_listing_events_arrive_as_the_market_has_them(
     assert spans["688001.SH"][0] == NEW_LISTING
     assert spans["600001.SH"][1] == DELISTED - dt.timedelta(days=3)  # Friday before a Monday
     assert suspended == []
-    assert listings["688001.SH"].board == "STAR" and listings["300750.SZ"].board == "ChiNext"
+    assert listings["688001.SH"].board == "star" and listings["300750.SZ"].board == "chinext"
     assert listings["600001.SH"].delist_date == DELISTED
     assert listings["688001.SH"].list_date == NEW_LISTING
     assert listings["000001.SZ"].name == "平安银行" and listings["000001.SZ"].industry == "银行"

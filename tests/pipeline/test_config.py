@@ -25,6 +25,6 @@ def test_states_are_typed_and_read_back_as_such() -> None:
     from forecasting.pipeline.runs import RunStatus
     from forecasting.pipeline.summary import SummaryStatus
 
-    assert [s.value for s in RunStatus] == ["running", "success", "failed"]
+    assert [s.value for s in RunStatus] == ["running", "success", "partial", "failed", "abandoned"]
     assert VersionStatus("discarded") is VersionStatus.DISCARDED and "active" in STATUSES
     assert SummaryStatus.NOT_A_TRADING_DAY == "not-a-trading-day"

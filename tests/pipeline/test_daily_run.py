@@ -328,19 +328,15 @@ def test_sharded_forecasts_stage_then_publish_in_one_transaction(
     assert isinstance(died, str)
     forecast_shard(engine, s, as_of, units, died)
     assert _count(engine, forecast_staging) > 0
-    if engine.dialect.name != "postgresql":
-        # No lineage lock on SQLite: a run marked running may still be alive; a day later it
-        # is not.
-        nxt = open_run(engine, as_of, lineage="live", kind="daily", redo=True)
-        assert _count(engine, forecast_staging) == batch.n_staged
-        with engine.begin() as conn:
-            conn.execute(
-                pipeline_runs.update()
-                .where(pipeline_runs.c.run_id == died)
-                .values(started_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
-            )
+    # The next run holds the lineage lock, so a run of the lineage still marked running died:
+    # it is marked abandoned and its staged rows go.
     nxt = open_run(engine, as_of, lineage="live", kind="daily", redo=True)
     assert isinstance(nxt, str)
+    with engine.connect() as conn:
+        status = conn.execute(
+            select(pipeline_runs.c.status).where(pipeline_runs.c.run_id == died)
+        ).scalar_one()
+    assert status == "abandoned"
     assert _count(engine, forecast_staging) == 0
 
 
