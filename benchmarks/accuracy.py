@@ -620,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_EPOCHS,
         help=f"max_epochs of the model (default {DEFAULT_EPOCHS}: validation loss is flat after "
-        "2-3 epochs on this data, and the project default of 20 would take ~30 min on 2 CPU cores)",
+        "2-3 epochs on this data (the ridge-started skip is there at epoch 0); the project default is 10)",
     )
     p.add_argument("--device", default=None, help="model device (auto, cpu, cuda, ...)")
     p.add_argument("--quick", action="store_true", help="small settings for a fast check")

@@ -20,7 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from forecasting.model import scaling
 from forecasting.model.calibration import apply_calibration, recent_scale, rmse
 from forecasting.model.features import feature_matrix, fit_feature_scaler
-from forecasting.model.metrics import ratio_to_naive
+from forecasting.model.metrics import interval_score, ratio_to_naive
 from forecasting.model.trained_model import (
     TrainedModel,
     build_network,
@@ -46,11 +46,13 @@ class PathForecast:
 
 @dataclass(frozen=True)
 class Score:
-    """Out-of-sample RMSE of the model and of persistence, in normalized units."""
+    """Out-of-sample RMSE of the model and of persistence, in normalized units, and the mean
+    interval (Winkler) score of the model's band in the same units."""
 
     rmse: float
     naive_rmse: float
     n: int
+    interval_score: float = math.nan
 
     @property
     def ratio(self) -> float:
@@ -189,11 +191,12 @@ def score(
     out = forward(build_network(model, device), x_all.to(device)).numpy()  # [N, H, Q]
     y, nv, mask = np.concatenate(ys), np.concatenate(nvs), np.concatenate(masks)  # [N, H]
     scale = recent_scale(x_all[..., 0].numpy(), cfg.target)  # [N]
-    point = apply_calibration(out, nv, model.calibration, cfg, scale)[0]
+    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg, scale)
     y = np.where(mask, y, 0.0)  # masked targets may be NaN (past the series end)
     # An h-step log-return has ~sqrt(h) times the spread of a one-step one; dividing by sqrt(h)
     # puts every horizon in the same unit (about 1 on the training span), so an absolute
     # threshold means the same thing whatever H is. The ratio to naive is unaffected.
     per_h = np.sqrt(np.arange(1, H + 1)) if cfg.target == "log_return" else np.ones(H)  # [H]
     err, nerr = ((point - y) / per_h)[mask], ((nv - y) / per_h)[mask]
-    return Score(rmse(err), rmse(nerr), int(mask.sum()))
+    winkler = interval_score(lower / per_h, upper / per_h, y / per_h, 1.0 - cfg.interval)[mask]
+    return Score(rmse(err), rmse(nerr), int(mask.sum()), float(np.mean(winkler)))
