@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,9 @@ from sqlalchemy import String, and_, bindparam, func, select, type_coerce, updat
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from forecasting.data.schema import prices, securities
+from forecasting.data.inventory import PriceSummaryRow as PriceSummaryRow
+from forecasting.data.inventory import price_summary as price_summary
+from forecasting.data.schema import prices
 from forecasting.data.sources.base import VALUE_COLUMNS
 
 
@@ -88,34 +90,6 @@ def _qfq(close: np.ndarray, factor: np.ndarray) -> np.ndarray:
         factor = pd.Series(factor).ffill().bfill().to_numpy()
     adjusted: np.ndarray = close * (factor / factor[-1])  # [T] * [T] -> [T]
     return adjusted
-
-
-class PriceSummaryRow(NamedTuple):
-    """One line of the ``prices`` command: what is stored for a ticker."""
-
-    ticker: str
-    kind: str | None
-    first_date: dt.date
-    last_date: dt.date
-    rows: int
-
-
-def price_summary(conn: Connection) -> list[PriceSummaryRow]:
-    """Per ticker: kind (from ``securities``), first and last stored date, row count."""
-    c = prices.c
-    query = (
-        select(
-            c.ticker,
-            securities.c.kind,
-            func.min(c.trade_date),
-            func.max(c.trade_date),
-            func.count(),
-        )
-        .select_from(prices.outerjoin(securities, securities.c.ticker == c.ticker))
-        .group_by(c.ticker, securities.c.kind)
-        .order_by(c.ticker)
-    )
-    return [PriceSummaryRow(t, k, lo, hi, int(n)) for t, k, lo, hi, n in conn.execute(query)]
 
 
 def last_price_dates(conn: Connection) -> dict[str, dt.date]:
