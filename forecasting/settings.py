@@ -128,6 +128,9 @@ class ModelSettings:
     finetune_lr: Annotated[float, Gt(0.0)] = 3e-4
     finetune_epochs: Count = 5
     finetune_days: Count = 250
+    # Training windows per epoch, stratified by ticker (forecasting.model.sampling); 0: all.
+    # Over a whole market it keeps an epoch's time independent of the number of tickers.
+    windows_per_epoch: Count = 0
     interval: Annotated[float, Gt(0.0), Lt(1.0)] = 0.8
     per_ticker: bool = False
     device: str = "auto"
