@@ -118,6 +118,7 @@ def _global(
 #: ``forecasting NAME`` lists; ``forecasting NAME SUB`` runs one of its subcommands.
 GROUPS: dict[str, tuple[Callable[..., Any], dict[str, Callable[..., Any]]]] = {
     "models": (commands.models, {"promote": commands.promote, "rollback": commands.rollback}),
+    "sql": (commands.sql, {"list": commands.sql_list, "show": commands.sql_show}),
 }
 
 for _name, _fn in COMMANDS.items():

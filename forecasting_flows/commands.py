@@ -619,3 +619,26 @@ def config(ctx: typer.Context, format: Format = "table") -> None:
     from forecasting.settings import load_settings_and_origins
 
     emit(load_settings_and_origins().rows(), ["setting", "value", "origin", "variable"], format)
+
+
+def sql(ctx: typer.Context, format: Format = "table") -> None:
+    """The SQL queries users run (latest forecasts, one ticker's path, retrain history,
+    accuracy): `forecasting sql` lists them, `forecasting sql show NAME` prints one."""
+    if ctx.invoked_subcommand is None:
+        sql_list(format)
+
+
+def sql_list(format: Format = "table") -> None:
+    """List the queries, each with what it answers."""
+    from forecasting_flows.queries import all_queries
+
+    emit([{"name": q.name, "what": q.summary} for q in all_queries()], ["name", "what"], format)
+
+
+def sql_show(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="a name from `forecasting sql list`")],
+) -> None:
+    """Print one query, to read or to pipe into sqlite3 or psql."""
+    from forecasting_flows.queries import query
+
+    print(query(name).text, end="")

@@ -21,7 +21,7 @@ SQL_HINT = """\
 Read the forecasts with SQL, e.g. (sqlite3 {db} or psql):
   SELECT ticker, target_date, horizon, yhat, yhat_lower, yhat_upper
   FROM latest_forecasts WHERE as_of_date = '{as_of}' ORDER BY ticker, horizon;
-More queries in sql/queries/ (latest per ticker, one ticker's path, retrain history)."""
+More queries: `forecasting sql list` (latest per ticker, one ticker's path, retrain history)."""
 
 
 def _cell(v: Any) -> str:
@@ -92,7 +92,9 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    lines += [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     return "\n".join(lines)
 
 

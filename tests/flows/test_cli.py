@@ -433,3 +433,20 @@ def test_log_file_and_json_logs(tmp_path: Path, shared_data: Path) -> None:
     assert records[0]["logger"] == "forecasting.cli"
     assert {"time", "level", "logger", "message"} <= set(records[-1])
     assert any("0 inserted" in r["message"] for r in records)
+
+
+def test_sql_lists_and_shows_the_queries(capsys: pytest.CaptureFixture[str]) -> None:
+    """`forecasting sql` lists every file of sql/queries with its first comment line; `sql
+    show NAME` prints one as it is; a wrong name is one line with the close ones."""
+    queries = Path(__file__).resolve().parents[2] / "sql" / "queries"
+    assert main(["sql", "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [q["name"] for q in listed] == sorted(p.stem for p in queries.glob("*.sql"))
+    assert all(q["what"] for q in listed)
+    assert main(["sql", "show", "forecast_path.sql"]) == 0
+    assert capsys.readouterr().out == (queries / "forecast_path.sql").read_text(encoding="utf-8")
+    assert main(["sql", "show", "retrain_histry"]) == 1
+    assert capsys.readouterr().err == (
+        "error: no query named 'retrain_histry'; did you mean retrain_history? "
+        "`forecasting sql list` lists them\n"
+    )
