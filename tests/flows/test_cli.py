@@ -246,6 +246,25 @@ def test_help_loads_nothing_heavy(argv: list[str]) -> None:
         ),
         pytest.param(
             ["prices"],
+            {"FORECASTING_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"},
+            1,
+            "error: cannot open the database postgresql+psycopg://postgres@127.0.0.1:1/x: "
+            "connection failed",
+            id="postgres-that-is-down",
+        ),
+        pytest.param(
+            ["models"],
+            {"FORECASTING_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/no_such_db_i15"},
+            1,
+            "error: cannot open the database postgresql+psycopg://postgres@127.0.0.1:5432/"
+            'no_such_db_i15: connection failed: connection to server at "127.0.0.1", port 5432 '
+            'failed: FATAL: database "no_such_db_i15" does not exist; check '
+            "FORECASTING_DATABASE_URL and that the server is running",
+            id="postgres-database-that-does-not-exist",
+            marks=pytest.mark.postgres,
+        ),
+        pytest.param(
+            ["prices"],
             {"FORECASTING_DATABASE_URL": "notaurl"},
             1,
             "error: database URL 'notaurl' is not usable",
@@ -451,3 +470,29 @@ def test_sql_lists_and_shows_the_queries(capsys: pytest.CaptureFixture[str]) -> 
         "error: no query named 'retrain_histry'; did you mean retrain_history? "
         "`forecasting sql list` lists them\n"
     )
+
+
+def test_prices_loads_no_numerics_or_prefect(tmp_path: Path) -> None:
+    """`forecasting prices` reads the database without importing torch, pandas, numpy or
+    Prefect (a second or more of imports for a listing)."""
+    assert _cli(tmp_path, "init-db").returncode == 0
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print(sorted(m for m in sys.argv[1:] if m in sys.modules), "
+        "file=sys.stderr))\n"
+        "from forecasting_flows.cli import main\n"
+        "sys.exit(main(['prices']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FORECASTING_", "TUSHARE"))}
+    env["FORECASTING_DATABASE_URL"] = f"sqlite:///{tmp_path / 'cli.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "torch", "pandas", "numpy", "prefect"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no prices yet" in done.stdout
+    assert done.stderr.strip() == "[]"
