@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting.clock import real_clock, trading_today
@@ -52,7 +52,7 @@ from forecasting.data.calendar import DEFAULT_EXCHANGE, TradingCalendar
 from forecasting.data.increment import by_date_source
 from forecasting.data.interrupts import Interrupted, Interrupts
 from forecasting.data.prices import read_stored, stored_spans, upsert_prices
-from forecasting.data.schema import ingest_runs, rejected_rows, securities
+from forecasting.data.schema import ingest_runs, prices, rejected_rows, securities
 from forecasting.data.sources.base import PriceSource, Security, SourceError, empty_bars
 from forecasting.data.trade_cal import load_trade_cal
 from forecasting.data.validation import Checks, Rejection, validate_bars
@@ -576,11 +576,32 @@ def _ingest_ticker(
             stored=stored,
         )
         repeats = _record_rejections(conn, rejections, report.run_id)
+        gap = None if tr.whole or listed is None else _gap(conn, tr, listed)
         inserted, updated, unchanged, revised = done
         _heartbeat(conn, report, extra=(inserted, updated, unchanged, len(rejections)))
     # Counted once committed: an interrupt before the commit leaves them out, as the database does.
     tr.inserted, tr.updated, tr.unchanged, tr.revised = inserted, updated, unchanged, revised
     tr.rejected, tr.rejected_before = len(rejections), repeats
+    tr.note = gap
+
+
+#: Stored history starting this many days after the listing (or the start asked for, if later)
+#: is reported: the source may have cut it off.
+GAP_DAYS = 30
+
+
+def _gap(conn: Connection, tr: TickerReport, listed: dt.date) -> str | None:
+    """A note when the stored history starts well after both the listing and the start asked."""
+    first = conn.execute(
+        select(func.min(prices.c.trade_date)).where(prices.c.ticker == tr.ticker)
+    ).scalar()
+    wanted = max(listed, min(a for a, _ in tr.ranges))
+    if first is None or (first - wanted).days <= GAP_DAYS:
+        return None
+    return (
+        f"gap: stored history starts {first}, {(first - wanted).days} days after {wanted} "
+        f"(listed {listed}); check the source for the missing days"
+    )
 
 
 def _nothing_back(tr: TickerReport, span: tuple[dt.date, dt.date] | None) -> None:
