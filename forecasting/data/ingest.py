@@ -43,6 +43,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -55,7 +56,7 @@ from forecasting.data.prices import read_stored, stored_spans, upsert_prices
 from forecasting.data.schema import ingest_runs, prices, rejected_rows, securities
 from forecasting.data.sources.base import PriceSource, Security, SourceError, empty_bars
 from forecasting.data.trade_cal import load_trade_cal
-from forecasting.data.validation import Checks, Rejection, validate_bars
+from forecasting.data.validation import Checks, Rejection, as_days, validate_bars
 from forecasting.errors import InputError
 from forecasting.settings import IngestSettings
 
@@ -545,8 +546,9 @@ def _ingest_ticker(
                 _upsert_security(conn, source.security(tr.ticker))
                 _heartbeat(conn, report, extra=(0, 0, 0, 0))
         return
+    days = _days(bars)  # [N] datetime64[D]
     if tr.whole:
-        bars = _leave_out(bars, tr, plan)
+        bars, days = _leave_out(bars, days, tr, plan)
     security = source.security(tr.ticker)
     with guard.writing(), engine.begin() as conn:
         # The listing date (reference data in securities, where the source has it) exempts
@@ -560,8 +562,12 @@ def _ingest_ticker(
             max_move=plan.max_move,
             listed=listed,
         )
-        dates = [d for d in bars["trade_date"].tolist() if isinstance(d, dt.date)]
-        stored = read_stored(conn, tr.ticker, min(dates), max(dates)) if dates else None
+        days = days[~np.isnat(days)]
+        stored = (
+            read_stored(conn, tr.ticker, days.min().astype(dt.date), days.max().astype(dt.date))
+            if len(days)
+            else None
+        )
         clean, rejections = validate_bars(
             bars, tr.ticker, calendar, checks, stored.context() if stored else None
         )
@@ -621,21 +627,26 @@ def _nothing_back(tr: TickerReport, span: tuple[dt.date, dt.date] | None) -> Non
         tr.note = "no new bars"
 
 
-def _leave_out(bars: pd.DataFrame, tr: TickerReport, plan: _Plan) -> pd.DataFrame:
-    """A whole file's rows before ``start`` or after ``end`` (up to today): counted, not loaded."""
-    days = bars["trade_date"]
-    dated = days.map(lambda d: isinstance(d, dt.date))
-    before = dated & (days < plan.start) if plan.start else dated & False
-    after = (
-        dated & (days > plan.end) & (days <= plan.today) if plan.end < plan.today else dated & False
-    )
+def _leave_out(
+    bars: pd.DataFrame, days: np.ndarray, tr: TickerReport, plan: _Plan
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """A whole file's rows before ``start`` or after ``end`` (up to today): counted, not loaded.
+    ``days`` [N] are the rows' dates (NaT where unreadable: never left out)."""
+    before = days < np.datetime64(plan.start) if plan.start else np.zeros(len(days), dtype=bool)
+    after = (days > np.datetime64(plan.end)) & (days <= np.datetime64(plan.today))
     if before.any():
-        tr.left_before, tr.first_left = int(before.sum()), min(days[before])
+        tr.left_before, tr.first_left = int(before.sum()), days[before].min().astype(dt.date)
     if after.any():
-        tr.left_after, tr.last_left = int(after.sum()), max(days[after])
+        tr.left_after, tr.last_left = int(after.sum()), days[after].max().astype(dt.date)
     if before.any() or after.any():
-        return bars.loc[~(before | after)].reset_index(drop=True)
-    return bars
+        keep = ~(before | after)
+        return bars.loc[keep].reset_index(drop=True), days[keep]
+    return bars, days
+
+
+def _days(bars: pd.DataFrame) -> np.ndarray:
+    """``trade_date`` as ``datetime64[D]`` [N], NaT where a row has none."""
+    return as_days([d if isinstance(d, dt.date) else None for d in bars["trade_date"].tolist()])
 
 
 def _record_rejections(conn: Connection, rejections: list[Rejection], run_id: str) -> int:
