@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for process in processes:
         for seed in seeds:
             rows += run(process, seed)
-            print(format_rows(pd.DataFrame(rows[-len(HORIZONS) :])).splitlines()[-2], flush=True)
+            print(format_rows(pd.DataFrame(rows[-len(HORIZONS) :])).splitlines()[2], flush=True)
     frame = pd.DataFrame(rows)
     print()
     print(format_rows(frame))
