@@ -22,7 +22,7 @@ model, the oracle and the ridge, and the model's share of the oracle's gain,
 ``(1 - ratio_model) / (1 - ratio_oracle)``; then the targets (>= 80% of the oracle's h=1 gain on
 ``ar1_0.3``, >= 50% on ``ar1_0.15`` and ``ou``, every seed) and the training time of each fit.
 
-    .venv/bin/python -m benchmarks.signal                      # full run (~20 min on 1 core)
+    .venv/bin/python -m benchmarks.signal                      # full run (~1 h on a loaded 2-core box)
     .venv/bin/python -m benchmarks.signal --quick              # 10 series, 1 seed, smoke run
     .venv/bin/python -m benchmarks.signal --process ar1_0.3 --seeds 0
 """
