@@ -164,6 +164,12 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     tushare_token: Secret = field(default_factory=lambda: Secret(""))
     tickers: Tickers = ()
+    # Which tickers, when not the list above: "all" (every listed A-share) or "index:000300.SH"
+    # (an index's members on each day); see forecasting.data.universe.
+    universe: str = ""
+    # The tushare account's rate limit: requests wait for a token (a token bucket) to keep it.
+    tushare_calls_per_minute: Annotated[float, Gt(0.0)] = 500.0
+    tushare_url: str | None = None  # the API root; None: tushare's own (tests: a local stub)
     source: Annotated[SourceName, CHOICE] = "demo"
     source_path: str | None = None  # file or folder for source = "csv"
     history_start: Day = dt.date(2015, 1, 1)  # first day ingested for a ticker without history

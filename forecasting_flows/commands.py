@@ -29,6 +29,7 @@ from forecasting_flows.options import (
     Format,
     Start,
     Tickers,
+    UniverseOption,
     date_option,
     flag,
 )
@@ -157,6 +158,7 @@ def ingest(
     ctx: typer.Context,
     source: Source = None,
     tickers: Tickers = None,
+    universe: UniverseOption = None,
     start: Annotated[
         dt.date | None,
         date_option(
@@ -184,6 +186,7 @@ def ingest(
     """
     from forecasting.data.ingest import ingest as run_ingest
     from forecasting.data.sources import make_source
+    from forecasting.data.universe import ingest_tickers
 
     session = _session(ctx)
     s = session.settings
@@ -194,13 +197,17 @@ def ingest(
         token=s.tushare_token.value,
         path=path or s.source_path,
         ticker=chosen[0] if source_name == "csv" and chosen and len(chosen) == 1 else None,
+        calls_per_minute=s.tushare_calls_per_minute,
+        http_url=s.tushare_url,
     )
     last = end or session.today()
     check_range(start, last, end_is_today=end is None)
+    engine = _engine(s)
+    spec = chosen or universe or s.universe or s.tickers
     report = run_ingest(
-        _engine(s),
+        engine,
         source_obj,
-        tickers=chosen or (list(s.tickers) or None),
+        tickers=ingest_tickers(engine, source_obj, spec, start=start, end=last),
         start=start,
         end=last,
         history_start=s.history_start,
@@ -211,15 +218,24 @@ def ingest(
 
 
 def prices(ctx: typer.Context, format: Format = "table") -> None:
-    """List tickers with their date ranges and row counts."""
+    """List tickers with their date ranges and row counts, and their reference data."""
+    from forecasting.data.listings import load_listings
     from forecasting.data.prices import price_summary
 
     with _existing(_session(ctx).settings).connect() as conn:
         rows = price_summary(conn)
+        listings = load_listings(conn, [r[0] for r in rows])
     columns = ["ticker", "kind", "first_date", "last_date", "rows"]
+    reference = ["name", "board", "industry", "list_date", "delist_date"]
     emit(
-        [dict(zip(columns, r, strict=False)) for r in rows],
-        columns,
+        [
+            {
+                **dict(zip(columns, r, strict=False)),
+                **{k: getattr(listings.get(r[0]), k, None) for k in reference},
+            }
+            for r in rows
+        ],
+        [*columns, *reference],
         format,
         empty="no prices yet; run `forecasting ingest`",
     )
@@ -343,6 +359,7 @@ def run(
         bool, flag("--rerun", "recompute even if this as-of is already complete")
     ] = False,
     tickers: Tickers = None,
+    universe: UniverseOption = None,
     no_ingest: Annotated[bool, flag("--no-ingest", "skip the incremental ingest step")] = False,
     no_prefect: Annotated[
         bool, flag("--no-prefect", "run the library pipeline without Prefect")
@@ -353,6 +370,8 @@ def run(
 
     session = _session(ctx)
     s = session.settings
+    if universe:
+        s = s.with_overrides(universe=universe)
     today = session.today()
     chosen = _tickers(tickers)
     if no_prefect:
@@ -383,6 +402,7 @@ def run(
                 rerun=rerun,
                 tickers=chosen,
                 ingest=not no_ingest,
+                universe=universe,
             )
     print_summary(summary, s)
     return 0 if summary.status in ("success", "already-complete", "not-a-trading-day") else 1
