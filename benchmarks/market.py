@@ -104,8 +104,14 @@ def step_generate(url: str, n: int, years: int, out: Path) -> dict[str, Any]:
         gap = np.clip(rng.normal(0, 0.3, size=(k, t)) * vol, -0.09, 0.09)
         open_ = np.round(close * np.exp(-ret + gap), 2)  # around the previous close
         span = np.abs(rng.normal(0, 0.6, size=(k, t))) * vol
-        high = np.round(np.maximum(open_, close) * (1 + span), 2)
-        low = np.round(np.minimum(open_, close) * (1 - span), 2)
+        # within the day's limits around the previous close, as the exchange holds them
+        prev = np.concatenate([close[:, :1], close[:, :-1]], axis=1)
+        high = np.round(np.minimum(np.maximum(open_, close) * (1 + span), prev * 1.099), 2)
+        low = np.round(np.maximum(np.minimum(open_, close) * (1 - span), prev * 0.901), 2)
+        high, low = (
+            np.maximum(high, np.maximum(open_, close)),
+            np.minimum(low, np.minimum(open_, close)),
+        )
         volume = np.round(rng.lognormal(10, 1, size=(k, t)), 0)
         amount = np.round(volume * close / 10, 3)
         with engine.begin() as conn:
@@ -262,10 +268,12 @@ def run_step(name: str, **kw: Any) -> dict[str, Any]:
 
 
 def pg_database() -> tuple[str, str]:
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
+
+    from forecasting.data.db import make_engine
 
     name = f"forecasting_market_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    admin = make_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
@@ -273,9 +281,11 @@ def pg_database() -> tuple[str, str]:
 
 
 def drop_pg(name: str) -> None:
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    from forecasting.data.db import make_engine
+
+    admin = make_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
