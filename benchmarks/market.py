@@ -152,6 +152,15 @@ def step_generate(url: str, n: int, years: int, out: Path) -> dict[str, Any]:
     }
 
 
+def _engine(url: str) -> Any:
+    """An engine on ``url`` with the schema brought up to date (``forecasting init-db``)."""
+    from forecasting.data.db import init_db, make_engine
+
+    engine = make_engine(url)
+    init_db(engine)
+    return engine
+
+
 def _settings(url: str, **model: Any) -> Any:
     from forecasting.settings import ModelSettings, Settings
 
@@ -160,22 +169,20 @@ def _settings(url: str, **model: Any) -> Any:
 
 def step_model(url: str, n: int) -> dict[str, Any]:
     """A champion for the daily run: a short fit on ``n`` tickers."""
-    from forecasting.data.db import make_engine
     from forecasting.pipeline.refit import train
 
     t0 = time.perf_counter()
     s = _settings(url, max_epochs=1, windows_per_epoch=5000)
-    train(make_engine(url), s, tickers=market_tickers(n))
+    train(_engine(url), s, tickers=market_tickers(n))
     return {"seconds": time.perf_counter() - t0, "peak_mib": peak_mib()}
 
 
 def step_ingest(url: str, n: int, stub_url: str) -> dict[str, Any]:
     """The increment day for all ``n`` tickers, through the by-date path."""
-    from forecasting.data.db import make_engine
     from forecasting.data.ingest import ingest
     from forecasting.data.sources.tushare_market import TushareMarketSource
 
-    engine = make_engine(url)
+    engine = _engine(url)
     source = TushareMarketSource(TOKEN, http_url=stub_url, calls_per_minute=500)
     t0, c0 = time.perf_counter(), cpu_seconds()
     report = ingest(engine, source, tickers=market_tickers(n), end=INCREMENT_DAY, progress=False)
@@ -192,10 +199,9 @@ def step_ingest(url: str, n: int, stub_url: str) -> dict[str, Any]:
 
 def step_daily(url: str, n: int) -> dict[str, Any]:
     """The day's run over the first ``n`` tickers, the champion kept (no refit)."""
-    from forecasting.data.db import make_engine
     from forecasting.pipeline.daily import run_pipeline
 
-    engine = make_engine(url)
+    engine = _engine(url)
     s = _settings(url)
     t0, c0 = time.perf_counter(), cpu_seconds()
     summary = run_pipeline(engine, s, INCREMENT_DAY, rerun=True, tickers=market_tickers(n))
@@ -223,7 +229,7 @@ def step_retrain(url: str, n: int, budget: int, epochs: int) -> dict[str, Any]:
 
     s = _settings(url, max_epochs=epochs, windows_per_epoch=budget)
     t0, c0 = time.perf_counter(), cpu_seconds()
-    outcomes = train(make_engine(url), s, tickers=market_tickers(n))
+    outcomes = train(_engine(url), s, tickers=market_tickers(n))
     seconds = time.perf_counter() - t0
     (o,) = outcomes
     v = model_versions.c
@@ -237,6 +243,8 @@ def step_retrain(url: str, n: int, budget: int, epochs: int) -> dict[str, Any]:
         "train_seconds": o.train_seconds,
         "epochs": len(epochs),
         "windows_per_epoch": [e.get("windows") for e in epochs][:1],
+        "tickers": n,
+        "epoch_seconds": [round(e.get("seconds", 0.0), 1) for e in epochs],
         "val_ratio": o.candidate_ratio,
         "n_windows": n_windows,
         "threads": torch.get_num_threads(),
@@ -304,10 +312,16 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path) -> dict[st
     out: dict[str, Any] = {"backend": backend}
     try:
         day_file = work / f"{backend}-increment.json"
-        out["generate"] = run_step("generate", url=url, n=n, years=args.years, out=str(day_file))
+        done_file = work / f"{backend}-generated.json"
+        if backend == "sqlite" and done_file.exists():  # --work: reuse the generated market
+            out["generate"] = json.loads(done_file.read_text(encoding="utf-8"))
+        else:
+            out["generate"] = run_step(
+                "generate", url=url, n=n, years=args.years, out=str(day_file)
+            )
+            out["model"] = run_step("model", url=url, n=min(100, n))
+            done_file.write_text(json.dumps(out["generate"]), encoding="utf-8")
         print(f"  [{backend}] generated {out['generate']}", flush=True)
-        out["model"] = run_step("model", url=url, n=min(100, n))
-        print(f"  [{backend}] champion trained {out['model']}", flush=True)
         rows = json.loads(day_file.read_text(encoding="utf-8"))
         stub = TushareStub(
             TOKEN,
@@ -332,7 +346,7 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path) -> dict[st
             print(f"  [{backend}] daily at {size}: {out['daily'][size]}", flush=True)
         if backend in args.retrain_backends.split(","):
             out["retrain"] = run_step(
-                "retrain", url=url, n=n, budget=args.budget, epochs=args.epochs
+                "retrain", url=url, n=args.retrain_size or n, budget=args.budget, epochs=args.epochs
             )
             print(f"  [{backend}] retrain {out['retrain']}", flush=True)
     finally:
@@ -386,12 +400,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         if "retrain" in r:
             t = r["retrain"]
             print(
-                f"  full retrain at {n}: {t['seconds']:.0f} s = {t['seconds'] / 60:.1f} min wall, "
+                f"  full retrain at {t['tickers']}: {t['seconds']:.0f} s = {t['seconds'] / 60:.1f} min wall, "
                 f"{t['cpu_seconds'] / 60:.1f} min CPU (target <= 15 min: "
                 f"{t['seconds'] / 900:.2f}x wall) on {t['device']} with "
                 f"{t['threads']} threads; {t['epochs']} epochs of {args.budget} windows (of "
                 f"{t['n_windows']:,}); validation ratio {t['val_ratio']:.4f} (model / persistence "
-                f"RMSE); peak {t['peak_mib'] / 1024:.2f} GiB"
+                f"RMSE); peak {t['peak_mib'] / 1024:.2f} GiB; seconds per epoch {t['epoch_seconds']}"
             )
 
 
@@ -405,6 +419,10 @@ def main() -> None:
     ap.add_argument("--retrain-backends", default="sqlite,postgres")
     ap.add_argument("--budget", type=int, default=20_000, help="training windows per epoch")
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument(
+        "--retrain-size", type=int, help="tickers of the retrain (default: the largest size)"
+    )
+    ap.add_argument("--work", help="keep the generated market here and reuse it (SQLite)")
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--step-args", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -417,8 +435,12 @@ def main() -> None:
             kw["out"] = Path(kw["out"])
         print(json.dumps(STEPS[args.step](**kw)))
         return
-    with tempfile.TemporaryDirectory(prefix="forecasting-market-") as tmp:
-        results = [bench_backend(b, args, Path(tmp)) for b in args.backends.split(",")]
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        results = [bench_backend(b, args, Path(args.work)) for b in args.backends.split(",")]
+    else:
+        with tempfile.TemporaryDirectory(prefix="forecasting-market-") as tmp:
+            results = [bench_backend(b, args, Path(tmp)) for b in args.backends.split(",")]
     report(results, args)
 
 
