@@ -159,7 +159,7 @@ class BackfillResult:
     def message(self) -> str:
         refits = ", ".join(f"{n} {k}" for k, n in sorted(self.refits.items())) or "no refits"
         text = (
-            f"backfill {self.lineage}: {len(self.days)} trading days from {self.start} to "
+            f"{self.lineage}: {len(self.days)} trading days from {self.start} to "
             f"{self.end}; {self.completed} computed, {self.already_complete} already complete; "
             f"{refits}; {self.train_seconds:.1f}s training"
         )
@@ -334,7 +334,7 @@ def backfill(
                 retrain_every=retrain_every,
             )
             result.days.append(day)
-            log.info("backfill %s day %d/%d %s", lineage, i, len(days), day.line())
+            log.info("%s: day %d/%d %s", lineage, i, len(days), day.line())
             if bar is not None:
                 bar.set_postfix_str(day.line(), refresh=False)
                 bar.update(1)

@@ -100,5 +100,7 @@ def test_forecast_accuracy_agrees_with_evaluate(engine: Engine) -> None:
             "directional_accuracy",
             "coverage",
             "mean_width",
+            "mean_width_pct",
+            "interval_score",
         ):
             assert float(r[col]) == pytest.approx(float(expected[col])), col
