@@ -22,18 +22,24 @@ own, read from ``getrusage``):
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
-import os
-import resource
-import subprocess
 import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
-from typing import Any
+
+# Run as a script, this folder comes first on sys.path, where benchmarks/signal.py would stand
+# in for the standard library's signal module that subprocess imports.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import argparse  # noqa: E402
+import datetime as dt  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -129,7 +135,9 @@ def step_generate(url: str, n: int, years: int, out: Path) -> dict[str, Any]:
                         "adj_factor": 1.0,
                     }
                 )
-                upsert_prices(conn, ticker, frame, source="tushare", ingested_at=stamp)
+                upsert_prices(
+                    conn, ticker, frame, source="tushare", ingested_at=stamp, run_id="generated"
+                )
                 next_day.append(
                     {
                         "ts_code": ticker,
