@@ -180,29 +180,88 @@ def ingest(
             help="file or folder for --source csv", show_default="the source_path setting"
         ),
     ] = None,
+    encoding: Annotated[
+        str | None,
+        typer.Option(
+            help="text encoding of CSV files, e.g. gbk", show_default="UTF-8 or GBK, detected"
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="tushare: seconds per HTTP request", show_default="ingest.tushare_timeout"
+        ),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(help="tushare: retries per request", show_default="ingest.tushare_retries"),
+    ] = None,
+    backoff: Annotated[
+        float | None,
+        typer.Option(
+            help="tushare: first retry delay in seconds, doubling",
+            show_default="ingest.tushare_backoff",
+        ),
+    ] = None,
+    deadline: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds the whole ingest may take; then it stops and fails",
+            show_default="ingest.deadline_s",
+        ),
+    ] = None,
+    reread_days: Annotated[
+        int | None,
+        typer.Option(
+            help="days before the last stored bar fetched again (vendors revise them)",
+            show_default="ingest.reread_days",
+        ),
+    ] = None,
 ) -> int:
     """Ingest daily bars incrementally and idempotently.
 
+    Exits 0 only when every ticker landed; partial and failed runs exit 1 and say so last.
     With --source csv, a file without a ts_code column holds the one ticker --tickers names.
     """
+    from dataclasses import replace
+    from pathlib import Path
+
     session = _session(ctx)
     s = session.settings
+    given: dict[str, Any] = {
+        "tushare_timeout": timeout,
+        "tushare_retries": retries,
+        "tushare_backoff": backoff,
+        "deadline_s": deadline,
+        "reread_days": reread_days,
+    }
+    for name, value in given.items():
+        if value is not None and value < 0:
+            raise InputError(
+                f"--{name.removeprefix('tushare_').replace('_', '-')} {value} is below 0"
+            )
+    knobs = replace(s.ingest, **{k: v for k, v in given.items() if v is not None})
     chosen = _tickers(tickers)
     source_name = source or s.source
     last = end or session.today()
     check_range(start, last, end_is_today=end is None)
     progress(f"ingest from {source_name} into the database: loading ...")
     from forecasting.data.ingest import ingest as run_ingest
+    from forecasting.data.ingest import ingest_options, source_options
     from forecasting.data.sources import make_source
     from forecasting.data.universe import ingest_tickers
 
+    where = path or s.source_path
+    # --tickers names the ticker of one file without a ts_code; a folder's files name their own.
+    one_file = where is not None and not Path(where).expanduser().is_dir()
     source_obj = make_source(
         source_name,
         token=s.tushare_token.value,
-        path=path or s.source_path,
-        ticker=chosen[0] if source_name == "csv" and chosen and len(chosen) == 1 else None,
-        calls_per_minute=s.tushare_calls_per_minute,
-        http_url=s.tushare_url,
+        path=where,
+        ticker=chosen[0]
+        if source_name == "csv" and one_file and chosen and len(chosen) == 1
+        else None,
+        **source_options(source_name, knobs, encoding=encoding),
     )
     engine = _engine(s)
     spec = chosen or universe or s.universe or s.tickers
@@ -214,9 +273,11 @@ def ingest(
         end=last,
         history_start=s.history_start,
         progress=None,
+        today=session.today(),
+        **ingest_options(knobs),
     )
     result(report.summary())
-    return 0 if report.status in ("success", "partial") else 1
+    return 0 if report.status == "success" else 1
 
 
 def prices(ctx: typer.Context, format: Format = "table") -> None:

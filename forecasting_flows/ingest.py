@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from forecasting.clock import real_clock, trading_today
 from forecasting.data.increment import MarketSource
 from forecasting.data.ingest import ingest as ingest_prices
+from forecasting.data.ingest import ingest_options, source_options
 from forecasting.data.sources import PriceSource, make_source
 from forecasting.data.universe import ingest_tickers
 from forecasting.settings import Settings
@@ -25,12 +26,12 @@ from forecasting_flows.common import (
 
 
 def _source(s: Settings, source: str | None, path: str | None) -> PriceSource:
+    name = source or s.source
     return make_source(
-        source or s.source,
+        name,
         token=s.tushare_token.value,
         path=path or s.source_path,
-        calls_per_minute=s.tushare_calls_per_minute,
-        http_url=s.tushare_url,
+        **source_options(name, s.ingest),
     )
 
 
@@ -62,6 +63,7 @@ def ingest_task(
         end=end,
         history_start=s.history_start,
         progress=False,
+        **ingest_options(s.ingest),
     )
     get_run_logger().info(report.summary())
     return {

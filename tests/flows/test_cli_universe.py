@@ -28,8 +28,8 @@ def _cli(tmp_path: Path, stub: TushareStub, *args: str) -> subprocess.CompletedP
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FORECASTING_", "TUSHARE"))}
     env.update(
         FORECASTING_DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}",
-        FORECASTING_TUSHARE_URL=stub.url,
-        FORECASTING_TUSHARE_CALLS_PER_MINUTE="6000",
+        FORECASTING_INGEST_TUSHARE_URL=stub.url,
+        FORECASTING_INGEST_TUSHARE_CALLS_PER_MINUTE="6000",
         TUSHARE_TOKEN=stub.token,
         TQDM_DISABLE="1",
     )
