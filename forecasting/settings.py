@@ -182,6 +182,8 @@ class IngestSettings:
     tushare_retries: Count = 3  # after the first attempt: rate limits, network errors, 5xx
     tushare_backoff: Annotated[float, Ge(0.0)] = 2.0  # first retry delay, doubling each time
     tushare_url: str | None = None  # the API root, for a mirror or proxy (default tushare's)
+    # The account's rate limit: every request waits for a token of a bucket filled this fast.
+    tushare_calls_per_minute: Annotated[float, Gt(0.0)] = 500.0
     # The whole run stops here, keeps what landed, and fails; None: no deadline.
     deadline_s: Annotated[float, Gt(0.0)] | None = 3600.0
     # Calendar days before a ticker's last stored bar that a network ingest fetches again:
@@ -199,6 +201,9 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     tushare_token: Secret = field(default_factory=lambda: Secret(""))
     tickers: Tickers = ()
+    # Which tickers, when not the list above: "all" (every listed A-share) or "index:000300.SH"
+    # (an index's members on each day); see forecasting.data.universe.
+    universe: str = ""
     source: Annotated[SourceName, CHOICE] = "demo"
     source_path: str | None = None  # file or folder for source = "csv"
     history_start: Day = dt.date(2015, 1, 1)  # first day ingested for a ticker without history

@@ -30,6 +30,7 @@ from forecasting_flows.options import (
     Format,
     Start,
     Tickers,
+    UniverseOption,
     date_option,
     flag,
 )
@@ -158,6 +159,7 @@ def ingest(
     ctx: typer.Context,
     source: Source = None,
     tickers: Tickers = None,
+    universe: UniverseOption = None,
     start: Annotated[
         dt.date | None,
         date_option(
@@ -247,6 +249,7 @@ def ingest(
     from forecasting.data.ingest import ingest as run_ingest
     from forecasting.data.ingest import ingest_options, source_options
     from forecasting.data.sources import make_source
+    from forecasting.data.universe import ingest_tickers
 
     where = path or s.source_path
     # --tickers names the ticker of one file without a ts_code; a folder's files name their own.
@@ -260,10 +263,12 @@ def ingest(
         else None,
         **source_options(source_name, knobs, encoding=encoding),
     )
+    engine = _engine(s)
+    spec = chosen or universe or s.universe or s.tickers
     report = run_ingest(
-        _engine(s),
+        engine,
         source_obj,
-        tickers=chosen or (list(s.tickers) or None),
+        tickers=ingest_tickers(engine, source_obj, spec, start=start, end=last),
         start=start,
         end=last,
         history_start=s.history_start,
@@ -276,15 +281,24 @@ def ingest(
 
 
 def prices(ctx: typer.Context, format: Format = "table") -> None:
-    """List tickers with their date ranges and row counts."""
+    """List tickers with their date ranges and row counts, and their reference data."""
     from forecasting.data.inventory import price_summary
+    from forecasting.data.listings import load_listings
 
     with _existing(_session(ctx).settings).connect() as conn:
         rows = price_summary(conn)
+        listings = load_listings(conn, [r[0] for r in rows])
     columns = ["ticker", "kind", "first_date", "last_date", "rows"]
+    reference = ["name", "board", "industry", "list_date", "delist_date"]
     emit(
-        [dict(zip(columns, r, strict=False)) for r in rows],
-        columns,
+        [
+            {
+                **dict(zip(columns, r, strict=False)),
+                **{k: getattr(listings.get(r[0]), k, None) for k in reference},
+            }
+            for r in rows
+        ],
+        [*columns, *reference],
         format,
         empty="no prices yet; run `forecasting ingest`",
     )
@@ -461,6 +475,7 @@ def run(
         bool, flag("--rerun", "recompute even if this as-of is already complete")
     ] = False,
     tickers: Tickers = None,
+    universe: UniverseOption = None,
     no_ingest: Annotated[bool, flag("--no-ingest", "skip the incremental ingest step")] = False,
     no_prefect: Annotated[
         bool, flag("--no-prefect", "run the library pipeline without Prefect")
@@ -469,6 +484,8 @@ def run(
     """Run the daily pipeline (as a Prefect flow)."""
     session = _session(ctx)
     s = session.settings
+    if universe:
+        s = s.with_overrides(universe=universe)
     progress(f"daily run as of {as_of or 'the latest trading day'}: starting ...")
     from forecasting.pipeline.daily import closed_day, run_pipeline
 
@@ -502,6 +519,7 @@ def run(
                 rerun=rerun,
                 tickers=chosen,
                 ingest=not no_ingest,
+                universe=universe,
             )
     if as_of is not None and summary.as_of is not None and summary.as_of != as_of:
         print(as_of_note(as_of, summary.as_of))

@@ -240,6 +240,7 @@ def source_options(
             "retries": settings.tushare_retries,
             "backoff": settings.tushare_backoff,
             "http_url": settings.tushare_url,
+            "calls_per_minute": settings.tushare_calls_per_minute,
         }
     if key == "csv" and encoding:
         return {"encoding": encoding}
