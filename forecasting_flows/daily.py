@@ -199,7 +199,7 @@ def daily(
             return _finish(closed)
     names = list(tickers) if tickers else None
     if ingest:
-        ingest_sharded(s, tickers=names, end=today)
+        ingest_sharded(s, tickers=names, end=today, today=today)
     plan = plan_task(cfg, as_of, today, names)
     if isinstance(plan, RunSummary):
         return _finish(plan)

@@ -51,8 +51,10 @@ def ingest_task(
     end: dt.date | None = None,
     path: str | None = None,
     shard: int = 1,
+    today: dt.date | None = None,
 ) -> dict[str, Any]:
-    """I/O task (retried): fetch and upsert. Reruns are idempotent, so a retry is safe."""
+    """I/O task (retried): fetch and upsert. Reruns are idempotent, so a retry is safe.
+    ``today`` (default: the wall clock's day in Shanghai) is the last day a bar may carry."""
     src = _source(s, source, path)
     engine = engine_for(s.database_url)
     report = ingest_prices(
@@ -63,6 +65,7 @@ def ingest_task(
         end=end,
         history_start=s.history_start,
         progress=False,
+        today=today,
         **ingest_options(s.ingest),
     )
     get_run_logger().info(report.summary())
@@ -81,6 +84,7 @@ def ingest_sharded(
     end: dt.date | None = None,
     path: str | None = None,
     shard_size: int = 50,
+    today: dt.date | None = None,
 ) -> dict[str, Any]:
     """Fetch per-ticker work in shards, one retried task each, on the flow's task runner (a
     thread pool, or Dask workers). Each shard is its own ingest run and commits per ticker."""
@@ -99,10 +103,10 @@ def ingest_sharded(
         shard_size = max(shard_size, len(names))
     chunks = [names[i : i + shard_size] for i in range(0, len(names), shard_size)] or [[]]
     if len(chunks) == 1:
-        results = [ingest_task(s, source, chunks[0] or None, start, end, path)]
+        results = [ingest_task(s, source, chunks[0] or None, start, end, path, today=today)]
     else:
         futures = [
-            ingest_task.submit(s, source, chunk, start, end, path, shard)
+            ingest_task.submit(s, source, chunk, start, end, path, shard, today)
             for shard, chunk in enumerate(chunks, start=1)
         ]
         results = [f.result() for f in futures]

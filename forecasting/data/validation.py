@@ -284,7 +284,12 @@ def _implausible(
     number = stored.n_before + np.arange(1, len(series) + 1)  # [S]
     exempt = _listing_exempt(days, number, checks.listed)
 
-    ordinal = as_days(days).astype("int64")  # [S] day numbers
+    day = as_days(days)  # [S] datetime64[D]
+    ordinal = day.astype("int64")  # [S] day numbers
+    # Steps between two bars: the bars between them, or the weekdays if more. A holiday is
+    # not a session, but data that folds a holiday's news into one bar (or a source that
+    # skips days) must not make the bars after it look impossible; a unit error still does.
+    weekdays = np.busday_count(day[:-1], day[1:])  # [S-1]
     limit = _limits(ticker, days, checks)  # [S] the exchange limit, NaN where none
     # Fast path: every move within one bar's bound of its predecessor.
     # A move is explained when either the raw close or the split-free close (close times
@@ -296,8 +301,12 @@ def _implausible(
     up, down = _bounds(limit[1:], ordinal[1:] - ordinal[:-1], checks.max_move)  # [S-1] each
     slack = (LIMIT_ABS_TOL + LIMIT_REL_TOL * close[:-1]) / close[:-1]  # [S-1] as a fraction
 
+    steps = np.maximum(weekdays, 1)  # [S-1]
+
     def beyond(ratio: np.ndarray) -> np.ndarray:
-        out: np.ndarray = (ratio > 1 + up + slack) | (ratio < 1 - down - slack)
+        out: np.ndarray = (ratio > (1 + up) ** steps + slack) | (
+            ratio < (1 - down) ** steps - slack
+        )
         return out
 
     over = beyond(raw) & beyond(adjusted)
@@ -311,7 +320,7 @@ def _implausible(
         if rows[j] < 0 or exempt[j]:
             last = j
             continue
-        k = j - last
+        k = max(j - last, int(np.busday_count(day[last], day[j])))
         r = close[j] / close[last]
         r_adj = level[j] / level[last] if np.isfinite(factor[j] * factor[last]) else r
         u, dn = (
@@ -331,7 +340,7 @@ def _implausible(
         )
         out[int(rows[j])] = (
             f"close {close[j]:g} moved {r - 1:+.1%}{explained} from {close[last]:g} on "
-            f"{days[last]}, beyond {bound} over {k} trading day{'s' if k > 1 else ''}: "
+            f"{days[last]}, beyond {bound} over {k} day{'s' if k > 1 else ''}: "
             "implausible (a unit or data error?)"
         )
     return out
