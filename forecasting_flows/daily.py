@@ -31,7 +31,7 @@ from forecasting.pipeline.config import RunConfig
 from forecasting.pipeline.forecast import ForecastBatch, forecast_shard
 from forecasting.pipeline.forecast_store import WriteResult
 from forecasting.pipeline.refit import ScopeOutcome, apply_decision
-from forecasting.pipeline.summary import RunSummary
+from forecasting.pipeline.summary import RunSummary, SummaryStatus
 from forecasting_flows.common import (
     FlowDate,
     SettingsTaskRunner,
@@ -48,7 +48,11 @@ LINEAGE = "live"
 
 @task(name="plan", task_run_name="plan", **TASK_OPTS)
 def plan_task(
-    cfg: RunConfig, as_of: dt.date | None, today: dt.date, tickers: list[str] | None
+    cfg: RunConfig,
+    as_of: dt.date | None,
+    today: dt.date,
+    tickers: list[str] | None,
+    ingest_errors: dict[str, str],
 ) -> pipeline.DayPlan | RunSummary:
     return pipeline.plan_day(
         engine_for(cfg.database_url),
@@ -57,6 +61,7 @@ def plan_task(
         today=today,
         lineage=LINEAGE,
         tickers=tickers,
+        ingest_errors=ingest_errors,
     )
 
 
@@ -114,10 +119,11 @@ def publish_task(
     batch: ForecastBatch,
     outcomes: list[ScopeOutcome],
     lock: LockToken,
+    skipped: dict[str, str],
 ) -> WriteResult:
     """I/O task: one transaction; the upsert is idempotent, so a retry cannot duplicate. It
     publishes nothing once the run has lost its lineage lock."""
-    return pipeline.publish(engine_for(cfg.database_url), run_id, batch, outcomes, lock)
+    return pipeline.publish(engine_for(cfg.database_url), run_id, batch, outcomes, lock, skipped)
 
 
 @task(name="summary", task_run_name="summary", **TASK_OPTS)
@@ -194,9 +200,17 @@ def daily(
         if closed is not None:
             return _finish(closed)
     names = list(tickers) if tickers else None
+    ingest_errors: dict[str, str] = {}
     if ingest:
-        ingest_sharded(s, tickers=names, end=today)
-    plan = plan_task(cfg, as_of, today, names)
+        result = ingest_sharded(s, tickers=names, end=today)
+        try:
+            ingest_errors = pipeline.ingest_skips(
+                result["status"], result["errors"], result["summary"]
+            )
+        except pipeline.IngestFailedError as exc:
+            _finish(RunSummary(None, as_of, LINEAGE, SummaryStatus.FAILED, message=str(exc)))
+            raise
+    plan = plan_task(cfg, as_of, today, names, ingest_errors)
     if isinstance(plan, RunSummary):
         return _finish(plan)
     scopes = plan.scopes
@@ -227,7 +241,7 @@ def daily(
                 ]
                 outcomes = [o.result() for o in refits]
                 versions = pipeline.forecast_versions(outcomes)
-                parts_in = shards(plan.units, shard_size)
+                parts_in = shards(plan.forecast_units, shard_size)
                 parts = forecast_task.map(
                     cfg,
                     plan.as_of,
@@ -241,12 +255,12 @@ def daily(
                     batch = batch.merge(part)
                 # quote(): Prefect would otherwise walk every ticker and skip reason in the batch
                 # looking for futures; it unwraps it before the call (its stubs don't model that).
-                written = publish_task(cfg, run_id, quote(batch), outcomes, lock)  # type: ignore[call-overload]
+                written = publish_task(cfg, run_id, quote(batch), outcomes, lock, plan.skipped)  # type: ignore[call-overload]
             except BaseException as exc:
                 pipeline.fail_run(engine, run_id, exc, list(scopes))
                 raise
     summary = pipeline.finished_summary(
-        engine, run_id, plan.as_of, LINEAGE, outcomes, batch, written
+        engine, run_id, plan.as_of, LINEAGE, outcomes, batch, written, plan.skipped
     )
     log.info(
         "as of %s: %s; %d tickers forecast, %d skipped",

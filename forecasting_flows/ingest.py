@@ -59,6 +59,7 @@ def ingest_task(
         "run_id": report.run_id,
         "status": report.status,
         "summary": report.summary(),
+        "errors": {t: r.error for t, r in report.tickers.items() if r.error},
     }
 
 
@@ -97,6 +98,8 @@ def ingest_sharded(
         "run_ids": [r["run_id"] for r in results],
         "status": status,
         "summary": "\n".join(r["summary"] for r in results),
+        # ticker -> why its ingest failed: the daily run skips those tickers with the reason
+        "errors": {t: e for r in results for t, e in r.get("errors", {}).items()},
     }
     create_markdown_artifact(
         key="ingest-summary",

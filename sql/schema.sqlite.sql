@@ -42,6 +42,7 @@ CREATE TABLE model_versions (
 	checkpoint_path TEXT, 
 	checkpoint_sha256 VARCHAR(64) NOT NULL, 
 	status VARCHAR(16) NOT NULL, 
+	retired_reason TEXT, 
 	PRIMARY KEY (id), 
 	FOREIGN KEY(parent_id) REFERENCES model_versions (id)
 );
@@ -180,6 +181,14 @@ CREATE TABLE forecasts (
 );
 
 CREATE INDEX ix_forecasts_as_of ON forecasts (as_of_date);
+
+CREATE TABLE run_skips (
+	run_id VARCHAR(36) NOT NULL, 
+	ticker VARCHAR(32) NOT NULL, 
+	reason TEXT NOT NULL, 
+	CONSTRAINT pk_run_skips PRIMARY KEY (run_id, ticker), 
+	FOREIGN KEY(run_id) REFERENCES pipeline_runs (run_id)
+);
 
 CREATE VIEW latest_forecasts AS
 SELECT ticker, as_of_date, target_date, horizon, yhat, yhat_lower, yhat_upper, base_close,

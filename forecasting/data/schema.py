@@ -141,6 +141,9 @@ model_versions = Table(
     Column(
         "status", String(16), nullable=False
     ),  # candidate | active | retired | rejected | discarded
+    # Why a version was retired other than by a successor: its checkpoint was missing or
+    # corrupt when a run needed it (the run then retrained from scratch).
+    Column("retired_reason", Text),
     Index(
         "uq_model_versions_active_scope",
         "scope",
@@ -200,6 +203,17 @@ pipeline_runs = Table(
     Column("n_skipped", Integer),
     Column("counts", Text),  # JSON
     Column("error", Text),
+)
+
+# Tickers a run did not forecast, with the reason (``ingest failed: ...``, ``stale since D``,
+# ``delisted on D``, too little history, no model): written in the run's publish.
+run_skips = Table(
+    "run_skips",
+    metadata,
+    Column("run_id", String(36), ForeignKey("pipeline_runs.run_id"), nullable=False),
+    Column("ticker", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    PrimaryKeyConstraint("run_id", "ticker", name="pk_run_skips"),
 )
 
 forecasts = Table(

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
-from forecasting.data.schema import prices
+from forecasting.data.schema import prices, securities
 from forecasting.pipeline.config import RunSettings
 
 log = logging.getLogger(__name__)
@@ -62,3 +62,40 @@ def resolve_as_of(
 def lookback_start(end: dt.date, trading_days: int) -> dt.date:
     # Calendar days covering `trading_days` sessions, with room for holidays and suspensions.
     return end - dt.timedelta(days=int(trading_days * 1.5) + 30)
+
+
+def input_skips(
+    conn: Connection,
+    tickers: Sequence[str],
+    as_of: dt.date,
+    ingest_errors: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The tickers a run as of ``as_of`` must not forecast because of their inputs, with the
+    reason: ``ingest failed: ...`` (this run's ingest of it failed), ``delisted on D``, or
+    ``stale since D`` (its newest price is older than the as-of day). A ticker without any
+    price by then is left to the forecast step, which says so."""
+    errors = dict(ingest_errors or {})
+    last: dict[str, dt.date] = {}
+    delisted: dict[str, dt.date] = {}
+    names = list(tickers)
+    for i in range(0, len(names), 500):
+        chunk = names[i : i + 500]
+        newest = (
+            select(prices.c.ticker, func.max(prices.c.trade_date))
+            .where(prices.c.ticker.in_(chunk), prices.c.trade_date <= as_of)
+            .group_by(prices.c.ticker)
+        )
+        last.update((t, d) for t, d in conn.execute(newest))
+        gone = select(securities.c.ticker, securities.c.delist_date).where(
+            securities.c.ticker.in_(chunk), securities.c.delist_date <= as_of
+        )
+        delisted.update((t, d) for t, d in conn.execute(gone))
+    out: dict[str, str] = {}
+    for t in names:
+        if t in errors:
+            out[t] = f"ingest failed: {errors[t]}"
+        elif t in delisted:
+            out[t] = f"delisted on {delisted[t]}"
+        elif t in last and last[t] < as_of:
+            out[t] = f"stale since {last[t]}"
+    return out
