@@ -3,43 +3,89 @@
 Sources, lowest to highest precedence: built-in defaults, an optional ``forecasting.toml``
 (path from ``FORECASTING_CONFIG``, else ``./forecasting.toml``), then environment variables.
 The tushare token comes only from ``TUSHARE_TOKEN`` and is never printed: its ``repr`` is masked.
-Values are parsed here, once, into the types the fields declare (a date is a ``datetime.date``,
-a choice is one of its ``Literal`` values), so a bad value fails at load time naming the file
-key or environment variable, before any command starts work.
+
+**Adding a setting** is one line: a typed field with its default on :class:`Settings` (top
+level), :class:`ModelSettings` (``[model]``) or :class:`PolicySettings` (``[policy]``). Its TOML
+key is the field name; its environment variable is ``FORECASTING_<NAME>``, or
+``FORECASTING_MODEL_<NAME>`` / ``FORECASTING_POLICY_<NAME>`` for the two sections; ``forecasting
+config`` lists it; an unknown name close to it is refused with it as the suggestion. A choice is
+an ``Annotated[Literal[...], CHOICE]``, a date :data:`Day`; a constraint is ``annotated_types``
+metadata (``Annotated[int, Ge(1)]``). A variable that the project reads outside this object goes
+in :data:`OTHER_VARIABLES`.
+
+The values stay plain frozen dataclasses (the model's configuration extends
+:class:`ModelSettings`, and steps pickle them to workers); pydantic-settings reads the sources,
+merges them, and pydantic parses every value once into the type its field declares (a date is a
+``datetime.date``, a choice one of its ``Literal`` values, a switch a strict boolean), so a bad
+value fails at load time, in one line naming the file key or environment variable, before any
+command starts work.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import datetime as dt
+import difflib
+import functools
 import os
 import tomllib
-import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, get_type_hints
 
+from annotated_types import Ge, Gt, Lt
+from pydantic import BeforeValidator, ValidationError
+
+from forecasting.choices import Cell as Cell
+from forecasting.choices import CheckpointStore as CheckpointStore
+from forecasting.choices import Loss as Loss
+from forecasting.choices import SourceName as SourceName
+from forecasting.choices import Target as Target
+from forecasting.choices import TaskRunnerName as TaskRunnerName
 from forecasting.clock import parse_date
 from forecasting.errors import ForecastingError, InputError
 
 DEFAULT_DATABASE_URL = "sqlite:///forecasting.db"
-
-# The choices a setting can take; the code that acts on them branches on these same names.
-SourceName = Literal["tushare", "csv", "demo"]
-CheckpointStore = Literal["database", "files"]
-TaskRunnerName = Literal["thread", "dask"]
-Cell = Literal["lstm", "gru", "rnn"]
-Target = Literal["log_return", "minmax"]
-Loss = Literal["quantile", "mse"]
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+DEFAULT_CONFIG_FILE = "forecasting.toml"
 
 
 class SettingsError(ForecastingError, ValueError):
     """A configuration value is missing or malformed; the message says which and how to fix it."""
 
-    exit_code = 2
+
+def _choice(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _day(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return parse_date(str(value))
+    except InputError:
+        raise ValueError("is not a date; write it as YYYY-MM-DD (or YYYYMMDD)") from None
+
+
+def _tickers(value: Any) -> Any:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, Iterable):
+        return value
+    return tuple(str(t).strip().upper() for t in items if str(t).strip())
+
+
+#: Marks a ``Literal`` field whose value is matched without regard to case or spaces.
+CHOICE = BeforeValidator(_choice)
+#: A date, written ``YYYY-MM-DD`` or ``YYYYMMDD`` (or a TOML date).
+Day = Annotated[dt.date, BeforeValidator(_day)]
+#: Tickers, a TOML list or a comma-separated string, upper-cased.
+Tickers = Annotated[tuple[str, ...], BeforeValidator(_tickers)]
+Positive = Annotated[int, Ge(1)]
+Count = Annotated[int, Ge(0)]
+Fraction = Annotated[float, Ge(0.0), Lt(1.0)]
 
 
 @dataclass(frozen=True)
@@ -62,27 +108,30 @@ class ModelSettings:
     """Model hyperparameters. :class:`forecasting.model.lstm.ModelConfig` extends this with
     validation and serialization; the fields are defined here once."""
 
-    input_len: int = 60
-    horizon: int = 10
-    cell: Cell = "lstm"
+    input_len: Positive = 60
+    horizon: Positive = 10
+    cell: Annotated[Cell, CHOICE] = "lstm"
     # Sized for CPUs: daily returns carry little signal, and a 1x32 LSTM trains ~12x faster
     # than 2x64 with the same validation ratio on the shared data.
-    hidden_size: int = 32
-    num_layers: int = 1
-    dropout: float = 0.0
-    target: Target = "log_return"
-    loss: Loss = "quantile"
-    lr: float = 1e-3
-    batch_size: int = 512
-    max_epochs: int = 10
-    patience: int = 3
-    val_days: int = 60
-    history_days: int = 750
+    hidden_size: Positive = 32
+    num_layers: Positive = 1
+    dropout: Fraction = 0.0
+    target: Annotated[Target, CHOICE] = "log_return"
+    loss: Annotated[Loss, CHOICE] = "quantile"
+    lr: Annotated[float, Gt(0.0)] = 1e-3
+    batch_size: Positive = 512
+    max_epochs: Count = 10
+    patience: Count = 3
+    val_days: Count = 60
+    history_days: Count = 750
     seed: int = 0
-    finetune_lr: float = 3e-4
-    finetune_epochs: int = 5
-    finetune_days: int = 250
-    interval: float = 0.8
+    finetune_lr: Annotated[float, Gt(0.0)] = 3e-4
+    finetune_epochs: Count = 5
+    finetune_days: Count = 250
+    # Training windows per epoch, stratified by ticker (forecasting.model.sampling); 0: all.
+    # Over a whole market it keeps an epoch's time independent of the number of tickers.
+    windows_per_epoch: Count = 0
+    interval: Annotated[float, Gt(0.0), Lt(1.0)] = 0.8
     per_ticker: bool = False
     device: str = "auto"
     shrink: bool = True
@@ -92,8 +141,8 @@ class ModelSettings:
 class PolicySettings:
     """Drift-check and retrain policy."""
 
-    check_window: int = 20
-    min_check_days: int = 5  # fewer unseen days than this: too little evidence, keep the model
+    check_window: Positive = 20
+    min_check_days: Count = 5  # fewer unseen days than this: too little evidence, keep the model
     # Check RMSE over the model's own validation RMSE, both in the same normalized units (each
     # h-step error divided by the series' training-span daily std and by sqrt(h)): 1.5 means
     # "errors half as large again as when it was validated". It catches volatility outgrowing
@@ -105,23 +154,23 @@ class PolicySettings:
     rel_threshold: float = 1.05  # ratio to naive persistence on the same windows
     # A safety net for slow drift the check misses, not the main trigger: retrain from scratch
     # once this many calendar days have passed since the last refit (or rejected refit).
-    max_age_days: int = 180
-    min_history: int = 80  # trading days a ticker needs to be forecast
-    stale_days: int = 10  # calendar days without a price before a ticker is skipped
+    max_age_days: Count = 180
+    min_history: Count = 80  # trading days a ticker needs to be forecast
+    stale_days: Count = 10  # calendar days without a price before a ticker is skipped
 
 
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     tushare_token: Secret = field(default_factory=lambda: Secret(""))
-    tickers: tuple[str, ...] = ()
-    source: SourceName = "demo"
+    tickers: Tickers = ()
+    source: Annotated[SourceName, CHOICE] = "demo"
     source_path: str | None = None  # file or folder for source = "csv"
-    history_start: dt.date = dt.date(2015, 1, 1)  # first day ingested for a ticker without history
+    history_start: Day = dt.date(2015, 1, 1)  # first day ingested for a ticker without history
     exchange: str = "XSHG"
     model_dir: str = "models"
-    checkpoint_store: CheckpointStore = "database"
-    task_runner: TaskRunnerName = "thread"
+    checkpoint_store: Annotated[CheckpointStore, CHOICE] = "database"
+    task_runner: Annotated[TaskRunnerName, CHOICE] = "thread"
     dask_address: str | None = None
     report_dir: str = "reports"
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -131,81 +180,68 @@ class Settings:
         return replace(self, **changes)
 
 
-_ENV = {
-    "FORECASTING_DATABASE_URL": "database_url",
-    "FORECASTING_TICKERS": "tickers",
-    "FORECASTING_SOURCE": "source",
-    "FORECASTING_SOURCE_PATH": "source_path",
-    "FORECASTING_HISTORY_START": "history_start",
-    "FORECASTING_MODEL_DIR": "model_dir",
-    "FORECASTING_CHECKPOINT_STORE": "checkpoint_store",
-    "FORECASTING_TASK_RUNNER": "task_runner",
-    "FORECASTING_DASK_ADDRESS": "dask_address",
-    "FORECASTING_REPORT_DIR": "report_dir",
+ENV_PREFIX = "FORECASTING_"
+TOKEN_VARIABLE = "TUSHARE_TOKEN"
+#: The sections of :class:`Settings`: a TOML table and an environment prefix each.
+SECTIONS: dict[str, type[Any]] = {"model": ModelSettings, "policy": PolicySettings}
+#: ``FORECASTING_*`` variables read outside the settings object, so not unknown.
+OTHER_VARIABLES = {
+    "FORECASTING_CONFIG": "the config file (default ./forecasting.toml)",
+    "FORECASTING_TUSHARE_SECRET_BLOCK": "the Prefect Secret block holding the tushare token",
+    "FORECASTING_SHARED_DATA": "the test suite's data folder",
+    "FORECASTING_SKIP_POSTGRES": "the test suite: skip the Postgres tests",
+    "FORECASTING_TEST_PG_URL": "the test suite's Postgres server",
 }
+#: Settings that never come from a file or a ``FORECASTING_*`` variable.
+_SECRET_FIELDS = ("tushare_token",)
 
 
-def _coerce(cls: type, name: str, raw: Any, where: str) -> Any:
-    """``raw`` (a TOML value or an environment string) as the type of ``cls.name``."""
-    kind = get_type_hints(cls)[name]
-    args = get_args(kind)
-    if get_origin(kind) in (Union, types.UnionType) and type(None) in args:
-        if raw is None:
-            return None
-        (kind,) = (a for a in args if a is not type(None))
-        args = get_args(kind)
-
-    def bad(expected: str) -> SettingsError:
-        return SettingsError(f"{where}: {name}={raw!r} is not {expected}")
-
-    if get_origin(kind) is Literal:
-        value = str(raw).strip().lower()
-        if value not in args:
-            raise bad(f"one of {', '.join(args)}")
-        return value
-    if kind is bool:
-        if isinstance(raw, bool):
-            return raw
-        if str(raw).strip().lower() not in _TRUE + _FALSE:
-            raise bad(f"true or false ({', '.join(_TRUE)} / {', '.join(_FALSE)})")
-        return str(raw).strip().lower() in _TRUE
-    if kind is dt.date:
-        if isinstance(raw, dt.datetime):
-            return raw.date()
-        if isinstance(raw, dt.date):
-            return raw
-        try:
-            return parse_date(str(raw))
-        except InputError:
-            raise bad("a date; write it as YYYY-MM-DD (or YYYYMMDD)") from None
-    if get_origin(kind) is tuple:
-        items = raw.split(",") if isinstance(raw, str) else raw
-        return tuple(str(t).strip().upper() for t in items if str(t).strip())
-    try:
-        if kind is int:
-            if isinstance(raw, float) and not raw.is_integer():
-                raise ValueError(raw)
-            return int(raw)
-        if kind is float:
-            return float(raw)
-    except (TypeError, ValueError):
-        raise bad(f"a valid {kind.__name__}") from None
-    return str(raw)
+def variables() -> dict[str, str]:
+    """Every setting's environment variable, keyed by its dotted name (``model.max_epochs``)."""
+    out = {
+        f.name: f"{ENV_PREFIX}{f.name.upper()}"
+        for f in fields(Settings)
+        if f.name not in SECTIONS and f.name not in _SECRET_FIELDS
+    }
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            out[f"{section}.{f.name}"] = f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
+    return out
 
 
-def _section(
-    cls: type, data: Mapping[str, Any], env: Mapping[str, str], prefix: str, where: str
-) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise SettingsError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    values = {k: _coerce(cls, k, v, where) for k, v in data.items()}
-    for name in known:
-        key = f"{prefix}{name.upper()}"
-        if key in env:
-            values[name] = _coerce(cls, name, env[key], f"environment variable {key}")
-    return cls(**values)
+@dataclass(frozen=True)
+class LoadedSettings:
+    """Settings and where each value came from: ``default``, the config file's path, or the
+    environment variable's name."""
+
+    settings: Settings
+    origins: Mapping[str, str]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per setting (``setting``, ``value``, ``origin``, ``variable``), token masked."""
+        names = variables()
+        out = [
+            {
+                "setting": "tushare_token",
+                "value": "********" if self.settings.tushare_token else "",
+                "origin": self.origins.get("tushare_token", "default"),
+                "variable": TOKEN_VARIABLE,
+            }
+        ]
+        for name, variable in names.items():
+            section, _, key = name.rpartition(".")
+            value = getattr(getattr(self.settings, section) if section else self.settings, key)
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            out.append(
+                {
+                    "setting": name,
+                    "value": "" if value is None else str(value),
+                    "origin": self.origins.get(name, "default"),
+                    "variable": variable,
+                }
+            )
+        return out
 
 
 def load_settings(
@@ -215,36 +251,198 @@ def load_settings(
 
     Model settings can be overridden with ``FORECASTING_MODEL_<NAME>`` and policy settings with
     ``FORECASTING_POLICY_<NAME>``, e.g. ``FORECASTING_MODEL_MAX_EPOCHS=5``.
+
+    Raises:
+        SettingsError: one line naming the key or variable and what it should be.
     """
+    return load_settings_and_origins(env, config_path).settings
+
+
+def load_settings_and_origins(
+    env: Mapping[str, str] | None = None, config_path: str | Path | None = None
+) -> LoadedSettings:
+    """:func:`load_settings`, and where each value came from (for ``forecasting config``)."""
     env = dict(os.environ if env is None else env)
-    path = Path(config_path or env.get("FORECASTING_CONFIG") or "forecasting.toml")
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
-    elif config_path is not None or "FORECASTING_CONFIG" in env:
-        raise SettingsError(f"config file {path} does not exist")
-    if "tushare_token" in data or "TUSHARE_TOKEN" in data:
+    path = Path(config_path or env.get("FORECASTING_CONFIG") or DEFAULT_CONFIG_FILE)
+    if not path.exists() and (config_path is not None or "FORECASTING_CONFIG" in env):
         raise SettingsError(
-            f"{path}: do not put the tushare token in a config file; set TUSHARE_TOKEN instead"
+            f"config file {path} does not exist; create it or unset FORECASTING_CONFIG"
         )
-    model_data = data.pop("model", {})
-    policy_data = data.pop("policy", {})
-    top_fields = {f.name for f in fields(Settings)} - {"model", "policy", "tushare_token"}
-    unknown = set(data) - top_fields
-    if unknown:
-        raise SettingsError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(top_fields)}")
-    values: dict[str, Any] = {k: _coerce(Settings, k, v, str(path)) for k, v in data.items()}
-    for key, name in _ENV.items():
-        if key in env and env[key] != "":
-            values[name] = _coerce(Settings, name, env[key], f"environment variable {key}")
-    values["model"] = _section(
-        ModelSettings, model_data, env, "FORECASTING_MODEL_", f"{path} [model]"
-    )
-    values["policy"] = _section(
-        PolicySettings, policy_data, env, "FORECASTING_POLICY_", f"{path} [policy]"
-    )
-    values["tushare_token"] = Secret(env.get("TUSHARE_TOKEN", "").strip())
-    return Settings(**values)
+    file_values, file_origins = _from_file(path) if path.exists() else ({}, {})
+    env_values, env_origins = _from_environment(env)
+    origins = {**file_origins, **env_origins}
+    loader = _loader_class()
+    try:
+        loaded = loader(_file=file_values, _env=env_values)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc, origins, path)) from None
+    settings = Settings(**{f.name: getattr(loaded, f.name) for f in fields(Settings)})
+    return LoadedSettings(settings, origins)
+
+
+def _close(name: str, known: Iterable[str], prefix: str = "") -> str:
+    """``; did you mean A or B?`` for the known names close to ``name``, or nothing."""
+    near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(prefix + n for n in near)}?" if near else ""
+
+
+def _from_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    if "tushare_token" in data or TOKEN_VARIABLE in data:
+        raise SettingsError(
+            f"{path}: do not put the tushare token in a config file; set {TOKEN_VARIABLE} instead"
+        )
+    top = {f.name for f in fields(Settings)} - set(_SECRET_FIELDS)
+    origins: dict[str, str] = {}
+    for key, value in data.items():
+        if key not in top:
+            raise SettingsError(
+                f"{path}: {key!r} is not a setting{_close(key, top)} "
+                "(`forecasting config` lists them)"
+            )
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise SettingsError(f"{path}: {key} must be a table: [{key}]")
+            known = {f.name for f in fields(SECTIONS[key])}
+            for sub in value:
+                if sub not in known:
+                    raise SettingsError(
+                        f"{path} [{key}]: {sub!r} is not a setting{_close(sub, known)} "
+                        "(`forecasting config` lists them)"
+                    )
+                origins[f"{key}.{sub}"] = str(path)
+        else:
+            origins[key] = str(path)
+    return data, origins
+
+
+def _from_environment(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    names = {v: k for k, v in variables().items()}
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for variable, raw in env.items():
+        if not variable.startswith(ENV_PREFIX) or variable in OTHER_VARIABLES:
+            continue
+        name = names.get(variable)
+        if name is None:
+            known = [v.removeprefix(ENV_PREFIX) for v in [*names, *OTHER_VARIABLES]]
+            near = _close(variable.removeprefix(ENV_PREFIX), known, prefix=ENV_PREFIX)
+            raise SettingsError(
+                f"environment variable {variable} is not a setting{near} "
+                "(`forecasting config` lists them)"
+            )
+        if not raw.strip():
+            raise SettingsError(
+                f"environment variable {variable} is empty; set a value, or unset it for the "
+                f"default ({_default(name)!r})"
+            )
+        section, _, key = name.rpartition(".")
+        (values.setdefault(section, {}) if section else values)[key] = raw
+        origins[name] = variable
+    token = env.get(TOKEN_VARIABLE, "").strip()
+    values["tushare_token"] = Secret(token)
+    if token:
+        origins["tushare_token"] = TOKEN_VARIABLE
+    return values, origins
+
+
+def _default(name: str) -> Any:
+    section, _, key = name.rpartition(".")
+    owner = SECTIONS[section] if section else Settings
+    value = getattr(owner(), key)
+    return ",".join(value) if isinstance(value, tuple) else value
+
+
+_SOURCES: contextvars.ContextVar[tuple[dict[str, Any], dict[str, Any]]] = contextvars.ContextVar(
+    "settings_sources"
+)
+
+
+@functools.cache
+def _loader_class() -> type[Any]:
+    """A pydantic-settings class with :class:`Settings`' fields, whose sources are the
+    environment over the config file over the defaults."""
+    from pydantic import Field, create_model
+    from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+    class _Values(PydanticBaseSettingsSource):
+        """Values already read (and checked for unknown names) from one source."""
+
+        def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+            super().__init__(settings_cls)
+            self.values = values
+
+        def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+            return self.values.get(field_name), field_name, False
+
+        def __call__(self) -> dict[str, Any]:
+            return self.values
+
+    class _Base(BaseSettings):
+        model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+        def __init__(self, *, _file: dict[str, Any], _env: dict[str, Any]) -> None:
+            # The sources are chosen by a class method; a context variable hands them this
+            # call's values without sharing them between threads loading settings at once.
+            token = _SOURCES.set((_file, _env))
+            try:
+                super().__init__()
+            finally:
+                _SOURCES.reset(token)
+
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], *args: Any, **kwargs: Any
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            file, env = _SOURCES.get()
+            return (_Values(settings_cls, env), _Values(settings_cls, file))
+
+    hints = get_type_hints(Settings, include_extras=True)
+
+    def spec(f: dataclasses.Field[Any]) -> Any:
+        if f.default_factory is not dataclasses.MISSING:
+            return Field(default_factory=f.default_factory)
+        return f.default
+
+    specs: dict[str, Any] = {f.name: (hints[f.name], spec(f)) for f in fields(Settings)}
+    return create_model("SettingsSources", __base__=_Base, **specs)
+
+
+#: What pydantic's error types mean, said the way this project's messages say it.
+_EXPECTED = {
+    "bool_parsing": "is not true or false (true/false, yes/no, on/off, 1/0)",
+    "bool_type": "is not true or false (true/false, yes/no, on/off, 1/0)",
+    "int_parsing": "is not a valid int",
+    "int_from_float": "is not a valid int",
+    "int_type": "is not a valid int",
+    "float_parsing": "is not a valid float",
+    "float_type": "is not a valid float",
+}
+
+
+def _explain(exc: ValidationError, origins: Mapping[str, str], path: Path) -> str:
+    """The first error, in one line: where the value came from, the key, the value, the fix."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+    name = ".".join(loc[:2])
+    origin = origins.get(name)
+    if origin is None or origin == str(path):
+        where = f"{path} [{loc[0]}]" if len(loc) > 1 else str(path)
+    else:
+        where = f"environment variable {origin}"
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "literal_error":
+        choices = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
+        expected = f"is not one of {choices}"
+    elif kind in _EXPECTED:
+        expected = _EXPECTED[kind]
+    elif kind == "value_error":
+        expected = str(ctx.get("error", err["msg"]))
+    else:
+        msg = err["msg"]
+        expected = "is not valid: " + msg[:1].lower() + msg[1:]
+    return f"{where}: {loc[-1]}={err['input']!r} {expected}"

@@ -1,27 +1,75 @@
-"""The commands behind ``forecasting COMMAND``, one ``cmd_*`` function each.
+"""The commands behind ``forecasting COMMAND``, one function each, options in its signature.
 
-Each takes the parsed arguments and the settings, reads its options, calls the library or starts
-a flow, prints what happened and returns the exit status. What it needs beyond the standard
-library, the settings, the clock and the errors (pandas, SQLAlchemy, torch, Prefect) it imports
-when it runs, so that building the parser in :mod:`forecasting_flows.cli` loads none of them.
+Each function is a Typer command: its parameters are its options (the shared ones come from
+:mod:`forecasting_flows.options`), its docstring is its ``--help``, and its first parameter is
+the click context whose ``obj`` is the :class:`Session` (settings, read once when first asked
+for, and the clock). :mod:`forecasting_flows.cli` registers them; **adding an option** is adding a
+parameter here, **adding a command** a function here and one line in ``cli.COMMANDS``. What a
+command needs beyond the standard library, the settings, the clock and the errors (pandas,
+SQLAlchemy, torch, Prefect) it imports when it runs, so that ``forecasting --help`` loads none of
+them. Commands that only read (``prices``, ``calendar``, ``models``, ``evaluate``, ``report``)
+open an existing database and never create one.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
 
-from forecasting.clock import Clock, trading_today
+import typer
+
+from forecasting.choices import SourceName
+from forecasting.clock import Clock, real_clock, trading_today
 from forecasting.errors import InputError
-from forecasting.settings import Settings
-from forecasting_flows.output import print_summary, table
+from forecasting_flows.options import (
+    End,
+    Format,
+    Start,
+    Tickers,
+    date_option,
+    flag,
+)
+from forecasting_flows.options import (
+    tickers as _tickers,
+)
+from forecasting_flows.output import emit, print_summary
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from forecasting.data.calendar import TradingCalendar
+    from forecasting.settings import Settings
+
+
+@dataclass
+class Session:
+    """What every command of one invocation shares: the clock, and the settings read once."""
+
+    clock: Clock = real_clock
+    verbose: bool = False
+    _settings: Settings | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from forecasting.settings import load_settings
+
+            self._settings = load_settings()
+        return self._settings
+
+    def today(self) -> dt.date:
+        """Today's date at the exchange by this invocation's clock."""
+        return trading_today(self.clock())
+
+
+def _session(ctx: typer.Context) -> Session:
+    obj = ctx.find_object(Session)
+    if obj is None:  # a command invoked outside main(): a session on the wall clock
+        obj = ctx.ensure_object(Session)
+    return obj
 
 
 def check_range(start: dt.date | None, end: dt.date | None, *, end_is_today: bool = False) -> None:
@@ -37,16 +85,8 @@ def check_range(start: dt.date | None, end: dt.date | None, *, end_is_today: boo
     raise InputError(f"--start {start} is after --end {end}; swap them")
 
 
-def _tickers(values: Sequence[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    out: list[str] = []
-    for v in values:
-        out.extend(t.strip().upper() for t in v.split(",") if t.strip())
-    return out or None
-
-
 def _engine(s: Settings) -> Engine:
+    """The database, its schema created (or brought up to date) if need be."""
     from forecasting.data.db import init_db, make_engine
 
     engine = make_engine(s.database_url)
@@ -54,10 +94,20 @@ def _engine(s: Settings) -> Engine:
     return engine
 
 
-def _today(args: argparse.Namespace) -> dt.date:
-    """Today's date at the exchange by the clock ``main`` was given."""
-    clock: Clock = args.clock
-    return trading_today(clock())
+def _existing(s: Settings) -> Engine:
+    """The database for a command that only reads: never created, here or on the server."""
+    from forecasting.data.db import open_existing
+
+    return open_existing(s.database_url)
+
+
+@contextmanager
+def _prefect() -> Iterator[None]:
+    """A temporary Prefect server for the flows, that dies with this process however it ends."""
+    from forecasting_flows.local_server import local_prefect_server
+
+    with local_prefect_server():
+        yield
 
 
 def last_trading_day(cal: TradingCalendar, today: dt.date) -> tuple[dt.date, str | None]:
@@ -88,32 +138,71 @@ def last_trading_day(cal: TradingCalendar, today: dt.date) -> tuple[dt.date, str
     return as_of, note
 
 
-def cmd_init_db(args: argparse.Namespace, s: Settings) -> int:
+def init_db(ctx: typer.Context) -> None:
+    """Create the schema (idempotent)."""
     from forecasting.data.db import redacted_url
 
+    s = _session(ctx).settings
     _engine(s)
     print(f"schema ready at {redacted_url(s.database_url)}")
-    return 0
 
 
-def cmd_ingest(args: argparse.Namespace, s: Settings) -> int:
-    from forecasting.data.ingest import ingest
+Source = Annotated[
+    SourceName | None,
+    typer.Option(help="price source", show_default="the source setting"),
+]
+
+
+def ingest(
+    ctx: typer.Context,
+    source: Source = None,
+    tickers: Tickers = None,
+    start: Annotated[
+        dt.date | None,
+        date_option(
+            "first date for tickers without history, or a backfill start before stored history",
+            show_default="the history_start setting",
+        ),
+    ] = None,
+    end: Annotated[
+        dt.date | None,
+        date_option(
+            "last date",
+            show_default="today in Shanghai",
+        ),
+    ] = None,
+    path: Annotated[
+        str | None,
+        typer.Option(
+            help="file or folder for --source csv", show_default="the source_path setting"
+        ),
+    ] = None,
+) -> int:
+    """Ingest daily bars incrementally and idempotently.
+
+    With --source csv, a file without a ts_code column holds the one ticker --tickers names.
+    """
+    from forecasting.data.ingest import ingest as run_ingest
     from forecasting.data.sources import make_source
 
-    source = make_source(
-        args.source or s.source,
+    session = _session(ctx)
+    s = session.settings
+    chosen = _tickers(tickers)
+    source_name = source or s.source
+    source_obj = make_source(
+        source_name,
         token=s.tushare_token.value,
-        path=args.path or s.source_path,
-        ticker=args.ticker,
+        path=path or s.source_path,
+        ticker=chosen[0] if source_name == "csv" and chosen and len(chosen) == 1 else None,
     )
-    end = args.end or _today(args)
-    check_range(args.start, end, end_is_today=args.end is None)
-    report = ingest(
+    last = end or session.today()
+    check_range(start, last, end_is_today=end is None)
+    report = run_ingest(
         _engine(s),
-        source,
-        tickers=_tickers(args.tickers) or (list(s.tickers) or None),
-        start=args.start,
-        end=end,
+        source_obj,
+        tickers=chosen or (list(s.tickers) or None),
+        start=start,
+        end=last,
         history_start=s.history_start,
         progress=None,
     )
@@ -121,59 +210,85 @@ def cmd_ingest(args: argparse.Namespace, s: Settings) -> int:
     return 0 if report.status in ("success", "partial") else 1
 
 
-def cmd_prices(args: argparse.Namespace, s: Settings) -> int:
+def prices(ctx: typer.Context, format: Format = "table") -> None:
+    """List tickers with their date ranges and row counts."""
     from forecasting.data.prices import price_summary
 
-    with _engine(s).connect() as conn:
+    with _existing(_session(ctx).settings).connect() as conn:
         rows = price_summary(conn)
-    if not rows:
-        print("no prices yet; run `forecasting ingest`")
-        return 0
-    dicts = [
-        dict(zip(("ticker", "kind", "first_date", "last_date", "rows"), r, strict=False))
-        for r in rows
-    ]
-    print(table(dicts, ["ticker", "kind", "first_date", "last_date", "rows"]))
-    return 0
+    columns = ["ticker", "kind", "first_date", "last_date", "rows"]
+    emit(
+        [dict(zip(columns, r, strict=False)) for r in rows],
+        columns,
+        format,
+        empty="no prices yet; run `forecasting ingest`",
+    )
 
 
-def cmd_calendar(args: argparse.Namespace, s: Settings) -> int:
+def calendar(
+    ctx: typer.Context,
+    date: Annotated[
+        dt.date | None,
+        date_option(
+            "show the trading days after this date",
+            show_default="today in Shanghai",
+        ),
+    ] = None,
+    n: Annotated[int, typer.Option("-n", "--count", min=1, help="how many trading days")] = 10,
+    format: Format = "table",
+) -> None:
+    """Show which calendar source covers which dates, and the next trading days."""
     from forecasting.data.calendar import TradingCalendar
     from forecasting.pipeline.forecast import target_dates
 
-    with _engine(s).connect() as conn:
+    session = _session(ctx)
+    s = session.settings
+    with _existing(s).connect() as conn:
         cal = TradingCalendar.load(conn, exchange=s.exchange)
+    start = date or session.today()
+    days = [{"date": d, "source": src} for d, src in target_dates(cal, start, n)]
+    if format != "table":
+        emit(days, ["date", "source"], format)
+        return
     print(f"exchange {s.exchange}; where dates come from:")
     print(cal.coverage())
-    start = args.date or _today(args)
-    print(f"\nnext {args.n} trading days after {start}:")
-    for d, src in target_dates(cal, start, args.n):
-        print(f"  {d}  ({src})")
-    return 0
+    print(f"\nnext {n} trading days after {start}:")
+    for day in days:
+        print(f"  {day['date']}  ({day['source']})")
 
 
-def cmd_train(args: argparse.Namespace, s: Settings) -> int:
-    from forecasting.pipeline.refit import train
+def train(
+    ctx: typer.Context,
+    full: Annotated[bool, flag("--full", "train from scratch (the default)")] = False,
+    finetune: Annotated[bool, flag("--finetune", "warm-start from the active version")] = False,
+    through: Annotated[
+        dt.date | None,
+        date_option(
+            "training cutoff",
+            show_default="the latest price date",
+        ),
+    ] = None,
+) -> None:
+    """Train a model version now (from scratch by default, or fine-tune the active one)."""
+    from forecasting.pipeline.refit import train as run_train
 
-    engine = _engine(s)
-    outcomes = train(engine, s, through=args.through, finetune=args.finetune)
-    for o in outcomes:
+    if full and finetune:
+        raise InputError("--full and --finetune exclude each other; pass one")
+    s = _session(ctx).settings
+    for o in run_train(_engine(s), s, through=through, finetune=finetune):
         print(
             f"{o.scope}: {o.action} -> version {o.new_version_id} "
             f"({'active' if o.promoted else 'rejected'}); validation RMSE/naive "
             f"{o.candidate_ratio:.3f}; {o.train_seconds:.1f}s. {o.reason}"
         )
-    return 0
 
 
-def cmd_models(args: argparse.Namespace, s: Settings) -> int:
+def models(ctx: typer.Context, format: Format = "table") -> None:
+    """List model versions with their validation metrics."""
     from forecasting.model.registry import list_versions
 
-    with _engine(s).connect() as conn:
+    with _existing(_session(ctx).settings).connect() as conn:
         versions = list_versions(conn)
-    if not versions:
-        print("no model versions yet; run `forecasting train --full`")
-        return 0
     rows = [
         {
             "id": v.id,
@@ -190,34 +305,69 @@ def cmd_models(args: argparse.Namespace, s: Settings) -> int:
         }
         for v in versions
     ]
-    print(table(rows, list(rows[0])))
-    return 0
+    columns = [
+        "id",
+        "scope",
+        "kind",
+        "parent",
+        "trained_through",
+        "status",
+        "val_rmse",
+        "naive_rmse",
+        "ratio",
+        "train_s",
+        "created_at",
+    ]
+    emit(rows, columns, format, empty="no model versions yet; run `forecasting train --full`")
 
 
-def _run_daily(s: Settings, **params: Any) -> Any:
+def _run_daily(**params: Any) -> Any:
     from forecasting_flows.daily import daily
 
     return daily(**params)  # its task runner comes from the settings, at each run
 
 
-def cmd_run(args: argparse.Namespace, s: Settings) -> int:
+def run(
+    ctx: typer.Context,
+    as_of: Annotated[
+        dt.date | None,
+        date_option(
+            "as-of date",
+            show_default="the latest trading day with prices",
+        ),
+    ] = None,
+    force_retrain: Annotated[
+        bool, flag("--force-retrain", "retrain from scratch whatever the check says")
+    ] = False,
+    rerun: Annotated[
+        bool, flag("--rerun", "recompute even if this as-of is already complete")
+    ] = False,
+    tickers: Tickers = None,
+    no_ingest: Annotated[bool, flag("--no-ingest", "skip the incremental ingest step")] = False,
+    no_prefect: Annotated[
+        bool, flag("--no-prefect", "run the library pipeline without Prefect")
+    ] = False,
+) -> int:
+    """Run the daily pipeline (as a Prefect flow)."""
     from forecasting.pipeline.daily import closed_day, run_pipeline
 
-    today = _today(args)
-    tickers = _tickers(args.tickers)
-    if args.no_prefect:
+    session = _session(ctx)
+    s = session.settings
+    today = session.today()
+    chosen = _tickers(tickers)
+    if no_prefect:
         summary = run_pipeline(
             _engine(s),
             s,
-            args.as_of,
+            as_of,
             today=today,
-            force_retrain=args.force_retrain,
-            rerun=args.rerun,
-            tickers=tickers,
+            force_retrain=force_retrain,
+            rerun=rerun,
+            tickers=chosen,
         )
     else:
-        as_of = args.as_of
-        if as_of is None:
+        day = as_of
+        if day is None:
             # Given no as_of the flow would read the wall clock; it is given today instead
             # (it resolves that to the latest day with prices), so the closed-day check it
             # would make is made here, by the same function, with this command's clock.
@@ -225,29 +375,31 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
             if closed is not None:
                 print_summary(closed, s)
                 return 0
-            as_of = today
-        summary = _run_daily(
-            s,
-            as_of=as_of.isoformat(),
-            force_retrain=args.force_retrain,
-            rerun=args.rerun,
-            tickers=tickers,
-            ingest=not args.no_ingest,
-        )
+            day = today
+        with _prefect():
+            summary = _run_daily(
+                as_of=day.isoformat(),
+                force_retrain=force_retrain,
+                rerun=rerun,
+                tickers=chosen,
+                ingest=not no_ingest,
+            )
     print_summary(summary, s)
     return 0 if summary.status in ("success", "already-complete", "not-a-trading-day") else 1
 
 
-def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
+def demo(ctx: typer.Context) -> int:
+    """Ingest the demo market, train, run the daily pipeline and print forecasts."""
     from forecasting.data.calendar import TradingCalendar
-    from forecasting.data.ingest import ingest
+    from forecasting.data.ingest import ingest as run_ingest
     from forecasting.data.sources import make_source
 
-    s = s.with_overrides(source="demo")
+    session = _session(ctx)
+    s = session.settings.with_overrides(source="demo")
     engine = _engine(s)
-    today = _today(args)
+    today = session.today()
     print(f"[1/3] ingesting the demo market into {s.database_url} ...", flush=True)
-    report = ingest(
+    report = run_ingest(
         engine,
         make_source("demo"),
         end=today,
@@ -265,40 +417,107 @@ def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
         "[2/3] running the daily flow (Prefect): check -> train -> forecast -> write ...",
         flush=True,
     )
-    summary = _run_daily(s, as_of=as_of.isoformat(), ingest=False)
+    with _prefect():
+        summary = _run_daily(as_of=as_of.isoformat(), ingest=False)
     print("[3/3] done.\n")
     print_summary(summary, s)
     return 0 if summary.status in ("success", "already-complete") else 1
 
 
-def cmd_backfill(args: argparse.Namespace, s: Settings) -> int:
-    from forecasting_flows.backfill import backfill
+def backfill(
+    ctx: typer.Context,
+    start: Annotated[
+        dt.date,
+        date_option(
+            "first as-of date",
+        ),
+    ],
+    end: Annotated[
+        dt.date,
+        date_option(
+            "last as-of date, on or after --start",
+        ),
+    ],
+    tickers: Tickers = None,
+) -> None:
+    """Replay the daily pipeline over a date range, point-in-time, in a lineage of its own.
 
-    # The flow shows a progress bar itself when stderr is a terminal.
-    result = backfill(start=args.start, end=args.end, tickers=_tickers(args.tickers))
+    Days already complete are skipped, so a rerun resumes a stopped backfill.
+    """
+    check_range(start, end)
+    _ = _session(ctx).settings  # a bad setting fails here, before a Prefect server starts
+    from forecasting_flows.backfill import backfill as run_backfill
+
+    with _prefect():
+        # The flow shows a progress bar itself when stderr is a terminal.
+        result = run_backfill(start=start, end=end, tickers=_tickers(tickers))
     print(result if isinstance(result, str) else getattr(result, "message", result))
-    return 0
 
 
-def cmd_evaluate(args: argparse.Namespace, s: Settings) -> int:
-    from forecasting.evaluation.evaluation import evaluate
+def evaluate(
+    ctx: typer.Context,
+    start: Annotated[
+        dt.date | None,
+        date_option(
+            "first as-of date scored",
+            show_default="the first forecast",
+        ),
+    ] = None,
+    end: Annotated[
+        dt.date | None,
+        date_option(
+            "last as-of date scored",
+            show_default="the last forecast",
+        ),
+    ] = None,
+    tickers: Tickers = None,
+) -> None:
+    """Accuracy of stored forecasts against realized closes: RMSE, MAE, MAPE, ratio to naive,
+    direction, coverage, retrain cost."""
+    from forecasting.evaluation.evaluation import evaluate as run_evaluate
 
-    with _engine(s).connect() as conn:
-        report = evaluate(conn, start=args.start, end=args.end, tickers=_tickers(args.tickers))
+    check_range(start, end)
+    with _existing(_session(ctx).settings).connect() as conn:
+        report = run_evaluate(conn, start=start, end=end, tickers=_tickers(tickers))
     print(report.to_text())
-    return 0
 
 
-def cmd_report(args: argparse.Namespace, s: Settings) -> int:
+def report(
+    ctx: typer.Context,
+    out: Annotated[
+        str | None, typer.Option(help="output folder", show_default="the report_dir setting")
+    ] = None,
+    tickers: Tickers = None,
+    start: Start = None,
+    end: End = None,
+) -> None:
+    """Write an HTML report with plots."""
     from forecasting.evaluation.report import write_report
 
-    path = write_report(_engine(s), args.out, tickers=_tickers(args.tickers), settings=s)
+    check_range(start, end)
+    s = _session(ctx).settings
+    path = write_report(
+        _existing(s),
+        out or s.report_dir,
+        tickers=_tickers(tickers),
+        settings=s,
+        start=start,
+        end=end,
+    )
     print(f"report written to {path}")
-    return 0
 
 
-def cmd_serve(args: argparse.Namespace, s: Settings) -> int:
-    from forecasting_flows.serve import serve
+def serve(ctx: typer.Context) -> None:
+    """Serve the deployments on their schedules in one process (Prefect serve)."""
+    from forecasting_flows.serve import serve as run_serve
 
-    serve()
-    return 0
+    _ = _session(ctx).settings  # a bad setting fails here, before anything is served
+    run_serve()
+
+
+def config(ctx: typer.Context, format: Format = "table") -> None:
+    """Print the effective settings and where each came from (default, the config file, or an
+    environment variable); the tushare token masked."""
+    from forecasting.settings import load_settings_and_origins
+
+    emit(load_settings_and_origins().rows(), ["setting", "value", "origin", "variable"], format)

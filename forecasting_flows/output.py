@@ -1,15 +1,21 @@
-"""What the commands print: a fixed-width table, and a run's summary with where to read it.
+"""What the commands print: rows as a table, CSV or JSON, and a run's summary with where to
+read it.
 
-Plain text for a terminal, built from rows the library already returns; nothing here imports
-more than the standard library and the settings, so that the command line stays quick to start.
+Rows are the dicts the library already returns. A table is drawn with rich on a terminal and
+as plain fixed-width columns in a pipe (what ``grep`` and ``awk`` read best); ``--format csv``
+and ``--format json`` are for programs. Nothing here imports more than the standard library at
+module level, so that the command line stays quick to start.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import datetime as dt
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from forecasting.settings import Settings
+if TYPE_CHECKING:
+    from forecasting.settings import Settings
 
 SQL_HINT = """\
 Read the forecasts with SQL, e.g. (sqlite3 {db} or psql):
@@ -18,17 +24,58 @@ Read the forecasts with SQL, e.g. (sqlite3 {db} or psql):
 More queries in sql/queries/ (latest per ticker, one ticker's path, retrain history)."""
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+def _cell(v: Any) -> str:
+    if v is None or (isinstance(v, float) and v != v):  # None and NaN: nothing to show
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.2f}"
+    return str(v)
+
+
+def _plain(v: Any) -> Any:
+    """A value as JSON has it: dates as ISO strings, NaN as null."""
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    if isinstance(v, float) and v != v:
+        return None
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    return str(v)
+
+
+def emit(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: str, *, empty: str = ""
+) -> None:
+    """Print ``rows`` in ``fmt`` (``table``, ``csv`` or ``json``). With no rows, a table says
+    ``empty`` (what to do next); CSV prints its header and JSON ``[]``."""
+    if fmt == "json":
+        import json
+
+        json.dump([{c: _plain(r.get(c)) for c in columns} for r in rows], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([_plain(r.get(c)) for c in columns] for r in rows)
+    elif not rows and empty:
+        print(empty)
+    elif sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        grid = Table(*columns, box=None, header_style="bold", pad_edge=False)
+        for r in rows:
+            grid.add_row(*(_cell(r.get(c)) for c in columns))
+        Console().print(grid)
+    else:
+        print(table(rows, columns))
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """A plain fixed-width table for terminal output."""
-
-    def fmt(v: Any) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 1000 else f"{v:.2f}"
-        return str(v)
-
-    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

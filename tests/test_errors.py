@@ -15,7 +15,7 @@ from forecasting.settings import SettingsError
 @pytest.mark.parametrize(
     ("error", "also", "exit_code"),
     [
-        (SettingsError, ValueError, 2),
+        (SettingsError, ValueError, 1),
         (InputError, ValueError, 1),
         (SourceError, RuntimeError, 1),
         (CheckpointError, RuntimeError, 1),

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from forecasting.settings import DEFAULT_DATABASE_URL, SettingsError, load_settings
+from forecasting.settings import (
+    DEFAULT_DATABASE_URL,
+    OTHER_VARIABLES,
+    SettingsError,
+    load_settings,
+    load_settings_and_origins,
+    variables,
+)
 
 
 def test_defaults_need_nothing(tmp_path: Path) -> None:
@@ -65,8 +72,37 @@ def test_a_token_in_the_config_file_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "env", "message"),
     [
-        ("unknown_key = 1\n", {}, "unknown keys"),
-        ("[model]\nhiden_size = 3\n", {}, "unknown keys"),
+        ("unknown_key = 1\n", {}, "'unknown_key' is not a setting"),
+        (
+            "[model]\nhiden_size = 3\n",
+            {},
+            r"\[model\]: 'hiden_size' is not a setting; did you mean hidden_size",
+        ),
+        ('[model]\ncell = "xyz"\n', {}, "cell='xyz' is not one of lstm, gru, rnn"),
+        (
+            'checkpoint_store = "bogus"\n',
+            {},
+            "checkpoint_store='bogus' is not one of database, files",
+        ),
+        ("", {"FORECASTING_MODEL_PER_TICKER": "treu"}, "per_ticker='treu' is not true or false"),
+        ("", {"FORECASTING_MODEL_SHRINK": "ture"}, "shrink='ture' is not true or false"),
+        (
+            "",
+            {"FORECASTING_MODEL_HIDDEN_SIZE": "0"},
+            "hidden_size='0' is not valid: input should be greater than or equal to 1",
+        ),
+        (
+            "",
+            {"FORECASTING_MODEL_EPOCHS": "3"},
+            "environment variable FORECASTING_MODEL_EPOCHS is not a setting; did you mean "
+            "FORECASTING_MODEL_MAX_EPOCHS",
+        ),
+        (
+            "",
+            {"FORECASTING_DATABASE_URL": ""},
+            r"FORECASTING_DATABASE_URL is empty; set a value, or unset it for the default "
+            r"\('sqlite:///forecasting.db'\)",
+        ),
         ("", {"FORECASTING_MODEL_MAX_EPOCHS": "many"}, "FORECASTING_MODEL_MAX_EPOCHS"),
         ("tickers = [\n", {}, "not valid TOML"),
         (
@@ -126,3 +162,29 @@ def test_values_are_parsed_into_their_types(tmp_path: Path) -> None:
     assert (s.task_runner, s.model.cell) == ("dask", "gru")
     assert (s.model.shrink, s.model.per_ticker) == (False, True)
     assert s.policy.max_age_days == 90 and isinstance(s.policy.max_age_days, int)
+
+
+def test_every_value_says_where_it_came_from(tmp_path: Path) -> None:
+    """`forecasting config`'s rows: each setting's value and its origin (default, the file, or
+    the variable that set it), the token masked."""
+    path = _write(tmp_path, "[model]\nhidden_size = 16\nhorizon = 5\n")
+    loaded = load_settings_and_origins(
+        env={"FORECASTING_MODEL_HORIZON": "7", "TUSHARE_TOKEN": "s3cr3t"}, config_path=path
+    )
+    rows = {r["setting"]: r for r in loaded.rows()}
+    assert rows["model.hidden_size"]["value"] == "16"
+    assert rows["model.hidden_size"]["origin"] == str(path)
+    assert (rows["model.horizon"]["value"], rows["model.horizon"]["origin"]) == (
+        "7",
+        "FORECASTING_MODEL_HORIZON",
+    )
+    assert rows["database_url"]["origin"] == "default"
+    assert rows["tushare_token"]["value"] == "********"
+    assert "s3cr3t" not in repr(loaded)
+    assert set(rows) == {"tushare_token", *variables()}
+
+
+def test_the_variables_the_project_reads_elsewhere_are_not_unknown(tmp_path: Path) -> None:
+    """FORECASTING_CONFIG, the Secret block's name and the test suite's own variables pass."""
+    env = {name: "x" for name in OTHER_VARIABLES if name != "FORECASTING_CONFIG"}
+    assert load_settings(env=env, config_path=_write(tmp_path, "")).source == "demo"

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -75,15 +75,42 @@ def init_db(engine: Engine) -> None:
     try:
         schema.create_all(engine)
     except OperationalError as exc:
-        why = " ".join(str(exc.orig).split())  # psycopg's messages span lines
-        database = engine.url.database
-        if engine.url.get_backend_name() == "sqlite" and database not in (None, "", ":memory:"):
-            fix = f"check that the folder {Path(database).parent.resolve()} exists and is writable"
-        else:
-            fix = "check FORECASTING_DATABASE_URL and that the server is running"
-        raise DatabaseError(
-            f"cannot open the database {redacted_url(engine)}: {why}; {fix}"
-        ) from exc
+        raise _cannot_open(engine, exc) from exc
+
+
+def _cannot_open(engine: Engine, exc: OperationalError) -> DatabaseError:
+    why = " ".join(str(exc.orig).split())  # psycopg's messages span lines
+    database = engine.url.database
+    if engine.url.get_backend_name() == "sqlite" and database not in (None, "", ":memory:"):
+        fix = f"check that the folder {Path(database).parent.resolve()} exists and is writable"
+    else:
+        fix = "check FORECASTING_DATABASE_URL and that the server is running"
+    return DatabaseError(f"cannot open the database {redacted_url(engine)}: {why}; {fix}")
+
+
+def open_existing(url: str) -> Engine:
+    """An engine on a database that already holds the schema, for commands that only read:
+    unlike :func:`init_db` it creates nothing (no SQLite file, no table).
+
+    Raises:
+        DatabaseError: when there is no such database or it has no schema yet, saying to run
+            ``forecasting init-db`` (or an ingest), or when it cannot be reached.
+    """
+    engine = make_engine(url)
+    database = engine.url.database
+    missing = f"no forecasting database at {redacted_url(engine)} yet"
+    fix = "run `forecasting init-db` or `forecasting ingest` first, or set FORECASTING_DATABASE_URL"
+    on_file = engine.url.get_backend_name() == "sqlite" and database not in (None, "", ":memory:")
+    if on_file and not Path(str(database)).exists():
+        raise DatabaseError(f"{missing}; {fix}")
+    try:
+        with engine.connect() as conn:
+            present = inspect(conn).has_table(schema.prices.name)
+    except OperationalError as exc:
+        raise _cannot_open(engine, exc) from exc
+    if not present:
+        raise DatabaseError(f"{missing} (it has no tables); {fix}")
+    return engine
 
 
 def redacted_url(engine_or_url: Engine | str) -> str:

@@ -50,7 +50,14 @@ class ModelConfig(ModelSettings):
         for name in ("input_len", "horizon", "hidden_size", "num_layers", "batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
-        for name in ("max_epochs", "patience", "val_days", "finetune_epochs", "finetune_days"):
+        for name in (
+            "max_epochs",
+            "patience",
+            "val_days",
+            "finetune_epochs",
+            "finetune_days",
+            "windows_per_epoch",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 0)")
         if problems:

@@ -31,6 +31,7 @@ from forecasting.model import scaling
 from forecasting.model.calibration import apply_calibration, calibrate, recent_scale, rmse
 from forecasting.model.lstm import ModelConfig, SeqForecaster
 from forecasting.model.metrics import ratio_to_naive
+from forecasting.model.sampling import WindowSampler
 from forecasting.model.trained_model import EVAL_BATCH, TrainedModel, device_for, forward
 from forecasting.model.windows import Panel, TensorWindows, build_panel, clean_closes, origins
 
@@ -288,6 +289,14 @@ def _train(
     tw = TensorWindows(panel, config.input_len, config.horizon, device)
     tidx = torch.from_numpy(train_idx).to(device)  # [Nt]
     vidx = torch.from_numpy(val_idx).to(device)  # [Nv]
+    # A fixed budget of windows per epoch, stratified by ticker (forecasting.model.sampling);
+    # early stopping then scores one fixed sample of validation windows of the same size.
+    sampler = None
+    if config.windows_per_epoch:
+        sampler = WindowSampler(panel, train_idx, config.windows_per_epoch, config.seed)
+        tidx = torch.from_numpy(sampler.epoch(1)).to(device)  # [budget]
+        val_sample = WindowSampler(panel, val_idx, config.windows_per_epoch, config.seed)
+        vidx = torch.from_numpy(val_sample.epoch(0)).to(device)  # [<= budget]
     loss_fn = _loss_fn(config, device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -327,6 +336,8 @@ def _train(
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             net.train()
+            if sampler is not None and epoch > 1:
+                tidx = torch.from_numpy(sampler.epoch(epoch)).to(device)  # [budget]
             perm = torch.randperm(len(tidx), generator=gen).to(device)  # [Nt]
             total = torch.zeros((), dtype=torch.float64, device=device)
             for a in range(0, len(tidx), bs):
@@ -351,6 +362,7 @@ def _train(
                     "lr": opt.param_groups[0]["lr"],
                     "seconds": seconds,  # whole epoch
                     "train_seconds": t1 - t0,  # the optimization loop alone
+                    "windows": len(tidx),  # trained on this epoch
                 }
             )
             if bar is not None:

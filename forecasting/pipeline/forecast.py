@@ -21,6 +21,7 @@ from forecasting.pipeline.config import RunSettings
 from forecasting.pipeline.forecast_store import (
     stage_forecasts,
 )
+from forecasting.pipeline.listings import load_listing_events
 from forecasting.pipeline.scopes import (
     lookback_start,
     scope_name,
@@ -124,11 +125,18 @@ def forecast(
             start = lookback_start(as_of, max(need, cfg.input_len) + 5)
             series = load_closes(conn, tickers=list(tickers), through=as_of, start=start)
             counts = _history_counts(conn, tickers, as_of)
+            # Delisted, suspended and newly listed tickers (forecasting.pipeline.listings).
+            events = load_listing_events(
+                conn, list(tickers), as_of, {t: s.index[-1] for t, s in series.items()}, cal
+            )
             eligible: dict[str, pd.Series] = {}
             for t in tickers:
                 s = series.get(t)
                 if s is None or s.empty:
                     batch.skipped[t] = f"{t}: no prices on or before {as_of}"
+                    continue
+                if t in events.skipped:
+                    batch.skipped[t] = events.skipped[t]
                     continue
                 last = s.index[-1]
                 if (as_of - last).days > policy.stale_days:
@@ -137,9 +145,10 @@ def forecast(
                         f"{as_of} (stale_days={policy.stale_days}); ingest newer prices"
                     )
                     continue
-                if counts.get(t, 0) < need:
+                need_t = cfg.input_len + 1 if t in events.newly_listed else need
+                if counts.get(t, 0) < need_t:
                     batch.skipped[t] = (
-                        f"{t}: only {counts.get(t, 0)} trading days of history up to {as_of}, needs {need}"
+                        f"{t}: only {counts.get(t, 0)} trading days of history up to {as_of}, needs {need_t}"
                     )
                     continue
                 eligible[t] = s

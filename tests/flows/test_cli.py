@@ -9,28 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from forecasting_flows.cli import EXIT_BROKEN_PIPE, build_parser, main
+from forecasting_flows.cli import COMMANDS, EXIT_BROKEN_PIPE, main
 
 #: The console script the package installs, beside this interpreter.
 FORECASTING = str(Path(sys.executable).with_name("forecasting"))
 
 #: What `forecasting --help` must not load: each takes from a tenth of a second to seconds.
 HEAVY = ("torch", "pandas", "numpy", "sqlalchemy", "prefect")
-
-COMMANDS = [
-    "init-db",
-    "ingest",
-    "prices",
-    "calendar",
-    "train",
-    "models",
-    "run",
-    "demo",
-    "backfill",
-    "evaluate",
-    "report",
-    "serve",
-]
 
 
 def test_console_script_help() -> None:
@@ -47,11 +32,13 @@ def test_console_script_help() -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Each command explains itself with --help."""
-    with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args([command, "--help"])
-    assert exc.value.code == 0
-    assert len(capsys.readouterr().out.splitlines()) >= 3
+    """Each command explains itself with --help, every option with a line of its own."""
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Usage: forecasting {command} [OPTIONS]")
+    assert len(out.splitlines()) >= 3
+    options = [line for line in out.splitlines() if line.startswith("  -")]
+    assert options and all(len(line.split(None, 1)) == 2 for line in options[:-1]), out
 
 
 def test_init_ingest_prices_models(
@@ -85,14 +72,16 @@ def test_bad_dates_and_config_are_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A malformed date is a usage error; a bad config file is reported, not a traceback."""
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["run", "--as-of", "yesterday"])
-    assert "not a date" in capsys.readouterr().err
+    assert main(["run", "--as-of", "yesterday"]) == 1
+    assert capsys.readouterr().err == (
+        "error: Invalid value for '--as-of': 'yesterday' is not a date; write it as YYYY-MM-DD "
+        "(or YYYYMMDD); see `forecasting run --help`\n"
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text("nonsense = 1\n", encoding="utf-8")
     monkeypatch.setenv("FORECASTING_CONFIG", str(bad))
-    assert main(["prices"]) == 2
-    assert "unknown keys" in capsys.readouterr().err
+    assert main(["prices"]) == 1
+    assert "'nonsense' is not a setting" in capsys.readouterr().err
 
 
 def test_tushare_without_a_token_says_what_to_set(
@@ -136,7 +125,7 @@ def test_help_loads_nothing_heavy(argv: list[str]) -> None:
         [sys.executable, "-c", probe, command, *HEAVY], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert "usage: forecasting" in done.stdout
+    assert "Usage: forecasting" in done.stdout
     assert done.stderr.strip() == "[]"
 
 
@@ -167,7 +156,7 @@ def test_help_loads_nothing_heavy(argv: list[str]) -> None:
         pytest.param(
             ["ingest", "--source", "demo"],
             {"FORECASTING_HISTORY_START": "2015/01/01"},
-            2,
+            1,
             "error: environment variable FORECASTING_HISTORY_START: history_start='2015/01/01' "
             "is not a date; write it as YYYY-MM-DD (or YYYYMMDD)",
             id="bad-history-start",
@@ -175,7 +164,7 @@ def test_help_loads_nothing_heavy(argv: list[str]) -> None:
         pytest.param(
             ["train"],
             {"FORECASTING_MODEL_CELL": "transformer"},
-            2,
+            1,
             "error: environment variable FORECASTING_MODEL_CELL: cell='transformer' is not one "
             "of lstm, gru, rnn",
             id="unknown-model-setting-value",
@@ -183,12 +172,12 @@ def test_help_loads_nothing_heavy(argv: list[str]) -> None:
         pytest.param(
             ["prices"],
             {"FORECASTING_DATABASE_URL": "postgresql://me:hunter2@db:port/x"},
-            2,
+            1,
             "error: database URL 'postgresql://me:***@db:port/x' is not usable",
             id="database-url-that-does-not-parse",
         ),
         pytest.param(
-            ["prices"],
+            ["init-db"],
             {"FORECASTING_DATABASE_URL": "sqlite:////no/such/folder/x.db"},
             1,
             "error: cannot open the database sqlite:////no/such/folder/x.db: unable to open "
@@ -202,13 +191,81 @@ def test_help_loads_nothing_heavy(argv: list[str]) -> None:
             "error: no prices in the database; run `forecasting ingest` first",
             id="train-on-an-empty-database",
         ),
+        pytest.param(
+            ["prices"],
+            {"FORECASTING_MODEL_EPOCHS": "3"},
+            1,
+            "error: environment variable FORECASTING_MODEL_EPOCHS is not a setting; did you "
+            "mean FORECASTING_MODEL_MAX_EPOCHS",
+            id="misspelt-variable",
+        ),
+        pytest.param(
+            ["prices"],
+            {"FORECASTING_MODEL_PER_TICKER": "treu"},
+            1,
+            "error: environment variable FORECASTING_MODEL_PER_TICKER: per_ticker='treu' is not "
+            "true or false",
+            id="not-a-boolean",
+        ),
+        pytest.param(
+            ["train"],
+            {"FORECASTING_CHECKPOINT_STORE": "bogus"},
+            1,
+            "error: environment variable FORECASTING_CHECKPOINT_STORE: checkpoint_store='bogus' "
+            "is not one of database, files",
+            id="bad-choice-before-any-training",
+        ),
+        pytest.param(
+            ["prices"],
+            {"FORECASTING_DATABASE_URL": ""},
+            1,
+            "error: environment variable FORECASTING_DATABASE_URL is empty; set a value, or "
+            "unset it for the default ('sqlite:///forecasting.db')",
+            id="empty-database-url",
+        ),
+        pytest.param(
+            ["prices"],
+            {"FORECASTING_DATABASE_URL": "notaurl"},
+            1,
+            "error: database URL 'notaurl' is not usable",
+            id="not-a-url",
+        ),
+        pytest.param(
+            ["prices"],
+            {},
+            1,
+            "error: no forecasting database at sqlite:///",
+            id="read-only-command-on-no-database",
+        ),
+        pytest.param(
+            ["run", "--as-of", "2019/02/01"],
+            {},
+            1,
+            "error: Invalid value for '--as-of': '2019/02/01' is not a date; write it as "
+            "YYYY-MM-DD (or YYYYMMDD); see `forecasting run --help`",
+            id="date-option-in-another-format",
+        ),
+        pytest.param(
+            ["prices", "--colour"],
+            {},
+            1,
+            "error: No such option: --colour; see `forecasting prices --help`",
+            id="unknown-option",
+        ),
+        pytest.param(
+            ["train", "--full", "--finetune"],
+            {},
+            1,
+            "error: --full and --finetune exclude each other; pass one",
+            id="exclusive-options",
+        ),
     ],
 )
 def test_a_mistake_is_one_line_that_says_the_fix(
     tmp_path: Path, args: list[str], env: dict[str, str], code: int, message: str
 ) -> None:
     """A mistake a person can fix ends the real command with one line on stderr that names
-    the option or setting and the fix, and exit 1 (2 for configuration): no traceback."""
+    the option or setting and the fix, and exit 1: no traceback."""
     done = _cli(tmp_path, *args, **env)
     assert done.stderr.startswith(message), done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr
@@ -219,6 +276,7 @@ def test_a_mistake_is_one_line_that_says_the_fix(
 def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path: Path) -> None:
     """`forecasting prices | head` where head has gone: no traceback and no warning, and the
     exit status a process killed by SIGPIPE would have."""
+    assert _cli(tmp_path, "init-db").returncode == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FORECASTING_", "TUSHARE"))}
     env["FORECASTING_DATABASE_URL"] = f"sqlite:///{tmp_path / 'cli.db'}"
     proc = subprocess.Popen(
@@ -234,3 +292,68 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path: Path) -> 
     assert proc.wait(timeout=120) == EXIT_BROKEN_PIPE
     assert proc.stderr.read() == ""
     proc.stderr.close()
+
+
+def test_a_traceback_only_with_verbose(tmp_path: Path) -> None:
+    """-v, anywhere on the line, adds the traceback above the same one-line error."""
+    quiet = _cli(tmp_path, "prices")
+    loud = _cli(tmp_path, "prices", "-v")
+    assert quiet.returncode == loud.returncode == 1
+    assert "Traceback" not in quiet.stderr and "Traceback" in loud.stderr
+    assert loud.stderr.splitlines()[-1] == quiet.stderr.strip()
+
+
+def test_global_options_anywhere_and_the_version(tmp_path: Path) -> None:
+    """`forecasting --version` answers; -v works after the command as before it."""
+    done = _cli(tmp_path, "--version")
+    assert done.returncode == 0 and done.stdout.startswith("forecasting ")
+    assert _cli(tmp_path, "config", "-v").returncode == 0
+    assert _cli(tmp_path, "-v", "config").returncode == 0
+
+
+def test_read_only_commands_create_no_database(tmp_path: Path) -> None:
+    """prices, calendar, models, evaluate and report on a URL with no database behind it say
+    to create one, and leave no file behind."""
+    for command in ("prices", "calendar", "models", "evaluate", "report"):
+        done = _cli(tmp_path, command)
+        assert done.returncode == 1, done.stderr
+        assert "run `forecasting init-db`" in done.stderr
+    assert not (tmp_path / "cli.db").exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_config_prints_each_setting_and_where_it_came_from(tmp_path: Path) -> None:
+    """`forecasting config --format json`: every setting with its value and origin; the
+    token masked."""
+    import json
+
+    (tmp_path / "forecasting.toml").write_text("[model]\nhidden_size = 16\n", encoding="utf-8")
+    done = _cli(
+        tmp_path,
+        "config",
+        "--format",
+        "json",
+        TUSHARE_TOKEN="s3cr3t-tok",
+        FORECASTING_MODEL_MAX_EPOCHS="4",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "s3cr3t" not in done.stdout
+    rows = {r["setting"]: r for r in json.loads(done.stdout)}
+    assert rows["tushare_token"] == {
+        "setting": "tushare_token",
+        "value": "********",
+        "origin": "TUSHARE_TOKEN",
+        "variable": "TUSHARE_TOKEN",
+    }
+    assert (rows["model.hidden_size"]["value"], rows["model.hidden_size"]["origin"]) == (
+        "16",
+        "forecasting.toml",
+    )
+    assert rows["model.max_epochs"]["origin"] == "FORECASTING_MODEL_MAX_EPOCHS"
+    assert rows["database_url"]["origin"] == "FORECASTING_DATABASE_URL"
+    assert rows["model.cell"] == {
+        "setting": "model.cell",
+        "value": "lstm",
+        "origin": "default",
+        "variable": "FORECASTING_MODEL_CELL",
+    }
