@@ -71,12 +71,14 @@ def input_skips(
     ingest_errors: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The tickers a run as of ``as_of`` must not forecast because of their inputs, with the
-    reason: ``ingest failed: ...`` (this run's ingest of it failed), ``delisted on D``, or
-    ``stale since D`` (its newest price is older than the as-of day). A ticker without any
-    price by then is left to the forecast step, which says so."""
+    reason: ``ingest failed: ...`` (this run's ingest of it failed), or ``stale since D`` (its
+    newest price is older than the as-of day, and no listing data explains why). A ticker with
+    listing data (a ``list_date``) is left to the listing rules of the forecast step, which
+    name a delisting or a suspension (:mod:`forecasting.pipeline.listings`); one without any
+    price by then is left to the forecast step too, which says so."""
     errors = dict(ingest_errors or {})
     last: dict[str, dt.date] = {}
-    delisted: dict[str, dt.date] = {}
+    listed: set[str] = set()
     names = list(tickers)
     for i in range(0, len(names), 500):
         chunk = names[i : i + 500]
@@ -86,16 +88,14 @@ def input_skips(
             .group_by(prices.c.ticker)
         )
         last.update((t, d) for t, d in conn.execute(newest))
-        gone = select(securities.c.ticker, securities.c.delist_date).where(
-            securities.c.ticker.in_(chunk), securities.c.delist_date <= as_of
+        known = select(securities.c.ticker).where(
+            securities.c.ticker.in_(chunk), securities.c.list_date.is_not(None)
         )
-        delisted.update((t, d) for t, d in conn.execute(gone))
+        listed.update(conn.execute(known).scalars())
     out: dict[str, str] = {}
     for t in names:
         if t in errors:
             out[t] = f"ingest failed: {errors[t]}"
-        elif t in delisted:
-            out[t] = f"delisted on {delisted[t]}"
-        elif t in last and last[t] < as_of:
+        elif t in last and last[t] < as_of and t not in listed:
             out[t] = f"stale since {last[t]}"
     return out
