@@ -101,6 +101,18 @@ def _existing(s: Settings) -> Engine:
     return open_existing(s.database_url)
 
 
+def _working(s: Settings) -> Engine:
+    """The database for a command that computes on what is there (``run``, ``train``,
+    ``backfill``): it must exist (only ``init-db``, ``ingest`` and ``demo`` create one: a run
+    on a missing file would start over from nothing and say success); its schema is brought
+    up to date."""
+    from forecasting.data.db import init_db
+
+    engine = _existing(s)
+    init_db(engine)
+    return engine
+
+
 @contextmanager
 def _prefect() -> Iterator[None]:
     """A temporary Prefect server for the flows, that dies with this process however it ends."""
@@ -275,7 +287,7 @@ def train(
     if full and finetune:
         raise InputError("--full and --finetune exclude each other; pass one")
     s = _session(ctx).settings
-    for o in run_train(_engine(s), s, through=through, finetune=finetune):
+    for o in run_train(_working(s), s, through=through, finetune=finetune):
         print(
             f"{o.scope}: {o.action} -> version {o.new_version_id} "
             f"({'active' if o.promoted else 'rejected'}); validation RMSE/naive "
@@ -355,9 +367,10 @@ def run(
     s = session.settings
     today = session.today()
     chosen = _tickers(tickers)
+    engine = _working(s)
     if no_prefect:
         summary = run_pipeline(
-            _engine(s),
+            engine,
             s,
             as_of,
             today=today,
@@ -371,7 +384,7 @@ def run(
             # Given no as_of the flow would read the wall clock; it is given today instead
             # (it resolves that to the latest day with prices), so the closed-day check it
             # would make is made here, by the same function, with this command's clock.
-            closed = closed_day(_engine(s), s, today, "live")
+            closed = closed_day(engine, s, today, "live")
             if closed is not None:
                 print_summary(closed, s)
                 return 0
@@ -445,7 +458,7 @@ def backfill(
     Days already complete are skipped, so a rerun resumes a stopped backfill.
     """
     check_range(start, end)
-    _ = _session(ctx).settings  # a bad setting fails here, before a Prefect server starts
+    _working(_session(ctx).settings)  # a bad setting or no database fails here, before Prefect
     from forecasting_flows.backfill import backfill as run_backfill
 
     with _prefect():

@@ -31,6 +31,7 @@ from forecasting.pipeline.config import RunConfig
 from forecasting.pipeline.forecast import ForecastBatch, forecast_shard
 from forecasting.pipeline.forecast_store import WriteResult
 from forecasting.pipeline.refit import ScopeOutcome, apply_decision
+from forecasting.pipeline.scopes import scoped_lineage
 from forecasting.pipeline.summary import RunSummary, SummaryStatus
 from forecasting_flows.common import (
     FlowDate,
@@ -53,13 +54,14 @@ def plan_task(
     today: dt.date,
     tickers: list[str] | None,
     ingest_errors: dict[str, str],
+    lineage: str,
 ) -> pipeline.DayPlan | RunSummary:
     return pipeline.plan_day(
         engine_for(cfg.database_url),
         cfg,
         as_of=as_of,
         today=today,
-        lineage=LINEAGE,
+        lineage=lineage,
         tickers=tickers,
         ingest_errors=ingest_errors,
     )
@@ -95,12 +97,13 @@ def forecast_task(
     run_id: str,
     versions: dict[str, int | None],
     shard: int,
+    lineage: str,
 ) -> ForecastBatch:
     """Forecast one shard and stage its rows in the database; returns counts and skips, not
     rows. Retried like the other database writers: a retry re-stages the same tickers, and the
     forward pass it repeats is deterministic and cheap next to training."""
     batch = forecast_shard(
-        engine_for(cfg.database_url), cfg, as_of, units, run_id, lineage=LINEAGE, versions=versions
+        engine_for(cfg.database_url), cfg, as_of, units, run_id, lineage=lineage, versions=versions
     )
     get_run_logger().info(
         "shard %d: %d tickers forecast, %d rows staged, %d skipped",
@@ -186,7 +189,8 @@ def daily(
         force_retrain: Retrain the model from scratch whatever the drift check says.
         rerun: Recompute a day that is already complete (otherwise a rerun writes nothing).
         tickers: Restrict to these tickers, e.g. ["600519.SH"] (default: the configured
-            universe, else every ticker with prices).
+            universe, else every ticker with prices); a restricted run has a lineage of its
+            own (``live[600519.SH]``), with its own model.
         ingest: Ingest new prices from the configured source first.
         shard_size: Tickers per forecast task (the unit that spreads over Dask workers).
     """
@@ -210,15 +214,17 @@ def daily(
         except pipeline.IngestFailedError as exc:
             _finish(RunSummary(None, as_of, LINEAGE, SummaryStatus.FAILED, message=str(exc)))
             raise
-    plan = plan_task(cfg, as_of, today, names, ingest_errors)
+    with engine.connect() as conn:
+        lineage = scoped_lineage(conn, cfg, LINEAGE, names)
+    plan = plan_task(cfg, as_of, today, names, ingest_errors, lineage)
     if isinstance(plan, RunSummary):
         return _finish(plan)
     scopes = plan.scopes
-    with scope_lock(engine, pipeline.lineage_lock(LINEAGE)) as lock:
+    with scope_lock(engine, pipeline.lineage_lock(lineage)) as lock:
         opened = pipeline.open_run(
             engine,
             plan.as_of,
-            lineage=LINEAGE,
+            lineage=lineage,
             kind="daily",
             redo=rerun or force_retrain,
             flow_run_id=flow_run.id,
@@ -249,6 +255,7 @@ def daily(
                     run_id,
                     unmapped(versions),
                     range(1, len(parts_in) + 1),
+                    unmapped(lineage),
                 )
                 batch = ForecastBatch(plan.as_of)
                 for part in parts.result():
@@ -260,7 +267,7 @@ def daily(
                 pipeline.fail_run(engine, run_id, exc, list(scopes))
                 raise
     summary = pipeline.finished_summary(
-        engine, run_id, plan.as_of, LINEAGE, outcomes, batch, written, plan.skipped
+        engine, run_id, plan.as_of, lineage, outcomes, batch, written, plan.skipped
     )
     log.info(
         "as of %s: %s; %d tickers forecast, %d skipped",

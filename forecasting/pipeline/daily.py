@@ -47,6 +47,7 @@ from forecasting.pipeline.scopes import (
     resolve_as_of,
     scope_name,
     scope_units,
+    scoped_lineage,
     universe,
 )
 from forecasting.pipeline.summary import RunSummary, SummaryStatus
@@ -323,10 +324,13 @@ def run_pipeline(
     reported and nothing runs.
 
     A second call for an ``as_of`` already completed in the same lineage does nothing and says
-    so, unless ``rerun`` (or ``force_retrain``) is set.
+    so, unless ``rerun`` (or ``force_retrain``) is set. A run restricted to some ``tickers``
+    runs in a lineage of its own (:func:`~forecasting.pipeline.scopes.scoped_lineage`).
     """
     step = on_step or (lambda name: log.debug("step %s", name))
     today = today or trading_today(real_clock())
+    with engine.connect() as conn:
+        lineage = scoped_lineage(conn, settings, lineage, tickers)
     if as_of is None:
         closed = closed_day(engine, settings, today, lineage)
         if closed is not None:

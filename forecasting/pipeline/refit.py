@@ -45,6 +45,7 @@ from forecasting.pipeline.scopes import (
     resolve_as_of,
     scope_name,
     scope_units,
+    scoped_lineage,
     universe,
 )
 
@@ -260,6 +261,7 @@ def train(
     """
     with engine.connect() as conn:
         names = universe(conn, settings, tickers)
+        lineage = scoped_lineage(conn, settings, lineage, tickers)  # a subset: its own models
     cutoff = through or resolve_as_of(engine, dt.date.max, names)
     if cutoff is None:
         raise InputError("no prices in the database; run `forecasting ingest` first")

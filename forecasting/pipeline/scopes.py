@@ -4,6 +4,7 @@ as-of day a run resolves to."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -39,6 +40,25 @@ def universe(
     if settings.tickers:
         return sorted(settings.tickers)
     return sorted(r[0] for r in conn.execute(select(prices.c.ticker).distinct()))
+
+
+def scoped_lineage(
+    conn: Connection, settings: RunSettings, lineage: str, tickers: Sequence[str] | None
+) -> str:
+    """The lineage of a run restricted to ``tickers``: ``lineage`` itself when they are the
+    whole universe (or none are given), else one of its own, ``live[600519.SH]`` (one ticker)
+    or ``live[3:1a2b3c4d]`` (several), so that a restricted run never completes the day for
+    everyone nor trains or replaces the lineage's model on a subset. A lineage that is already
+    restricted stays as it is."""
+    if not tickers or lineage.endswith("]"):
+        return lineage
+    chosen = universe(conn, settings, tickers)
+    if chosen == universe(conn, settings):
+        return lineage
+    if len(chosen) == 1:
+        return f"{lineage}[{chosen[0]}]"
+    digest = hashlib.sha1(",".join(chosen).encode()).hexdigest()[:8]
+    return f"{lineage}[{len(chosen)}:{digest}]"
 
 
 def scope_units(settings: RunSettings, tickers: Sequence[str]) -> dict[str, list[str]]:

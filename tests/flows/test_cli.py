@@ -188,8 +188,8 @@ def test_help_loads_nothing_heavy(argv: list[str]) -> None:
             ["train"],
             {},
             1,
-            "error: no prices in the database; run `forecasting ingest` first",
-            id="train-on-an-empty-database",
+            "error: no forecasting database at sqlite:///",
+            id="train-without-a-database",
         ),
         pytest.param(
             ["prices"],
@@ -311,11 +311,22 @@ def test_global_options_anywhere_and_the_version(tmp_path: Path) -> None:
     assert _cli(tmp_path, "-v", "config").returncode == 0
 
 
-def test_read_only_commands_create_no_database(tmp_path: Path) -> None:
-    """prices, calendar, models, evaluate and report on a URL with no database behind it say
-    to create one, and leave no file behind."""
-    for command in ("prices", "calendar", "models", "evaluate", "report"):
-        done = _cli(tmp_path, command)
+def test_only_init_db_ingest_and_demo_create_a_database(tmp_path: Path) -> None:
+    """prices, calendar, models, evaluate, report, and also run, train and backfill, on a URL
+    with no database behind it say to create one, exit 1 and leave no file behind: a run on a
+    missing file would otherwise start over from nothing and report success."""
+    commands = [
+        ["prices"],
+        ["calendar"],
+        ["models"],
+        ["evaluate"],
+        ["report"],
+        ["run", "--no-prefect", "--as-of", "2019-01-04"],
+        ["train", "--full"],
+        ["backfill", "--start", "2019-01-02", "--end", "2019-01-04"],
+    ]
+    for command in commands:
+        done = _cli(tmp_path, *command)
         assert done.returncode == 1, done.stderr
         assert "run `forecasting init-db`" in done.stderr
     assert not (tmp_path / "cli.db").exists()
