@@ -27,6 +27,7 @@ from forecasting.errors import InputError
 from forecasting_flows.options import (
     End,
     Format,
+    Lineage,
     Start,
     Tickers,
     date_option,
@@ -99,6 +100,19 @@ def _existing(s: Settings) -> Engine:
     from forecasting.data.db import open_existing
 
     return open_existing(s.database_url)
+
+
+def _known_lineage(engine: Engine, lineage: str) -> None:
+    """Refuse a ``--lineage`` no run has used (a typo would read as "no forecasts")."""
+    from sqlalchemy import select
+
+    from forecasting.data.schema import pipeline_runs
+
+    with engine.connect() as conn:
+        names = sorted(conn.execute(select(pipeline_runs.c.lineage).distinct()).scalars())
+    if names and lineage not in names:
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise InputError(f"--lineage {lineage!r}: no run has used it; the lineages are {shown}")
 
 
 def _working(s: Settings) -> Engine:
@@ -295,15 +309,20 @@ def train(
         )
 
 
-def models(ctx: typer.Context, format: Format = "table") -> None:
-    """List model versions with their validation metrics."""
+def models(ctx: typer.Context, format: Format = "table", lineage: Lineage = "all") -> None:
+    """List model versions with their validation metrics (and why one was retired)."""
     from forecasting.model.registry import list_versions
+    from forecasting.pipeline.scopes import lineage_of
 
-    with _existing(_session(ctx).settings).connect() as conn:
+    engine = _existing(_session(ctx).settings)
+    if lineage != "all":
+        _known_lineage(engine, lineage)
+    with engine.connect() as conn:
         versions = list_versions(conn)
     rows = [
         {
             "id": v.id,
+            "lineage": lineage_of(v.scope),
             "scope": v.scope,
             "kind": v.kind,
             "parent": v.parent_id,
@@ -314,11 +333,14 @@ def models(ctx: typer.Context, format: Format = "table") -> None:
             "ratio": (v.val_rmse / v.val_naive_rmse) if v.val_rmse and v.val_naive_rmse else None,
             "train_s": v.train_seconds,
             "created_at": str(v.created_at)[:19],
+            "retired_reason": v.retired_reason,
         }
         for v in versions
+        if lineage in ("all", lineage_of(v.scope))
     ]
     columns = [
         "id",
+        "lineage",
         "scope",
         "kind",
         "parent",
@@ -329,6 +351,7 @@ def models(ctx: typer.Context, format: Format = "table") -> None:
         "ratio",
         "train_s",
         "created_at",
+        "retired_reason",
     ]
     emit(rows, columns, format, empty="no model versions yet; run `forecasting train --full`")
 
@@ -484,14 +507,19 @@ def evaluate(
         ),
     ] = None,
     tickers: Tickers = None,
+    lineage: Lineage = "live",
 ) -> None:
     """Accuracy of stored forecasts against realized closes: RMSE, MAE, MAPE, ratio to naive,
-    direction, coverage, retrain cost."""
+    direction, coverage, retrain cost; of one lineage's forecasts and refits."""
     from forecasting.evaluation.evaluation import evaluate as run_evaluate
 
     check_range(start, end)
-    with _existing(_session(ctx).settings).connect() as conn:
-        report = run_evaluate(conn, start=start, end=end, tickers=_tickers(tickers))
+    engine = _existing(_session(ctx).settings)
+    _known_lineage(engine, lineage)
+    with engine.connect() as conn:
+        report = run_evaluate(
+            conn, start=start, end=end, tickers=_tickers(tickers), lineage=lineage
+        )
     print(report.to_text())
 
 
@@ -503,19 +531,23 @@ def report(
     tickers: Tickers = None,
     start: Start = None,
     end: End = None,
+    lineage: Lineage = "live",
 ) -> None:
-    """Write an HTML report with plots."""
+    """Write an HTML report with plots, of one lineage's forecasts."""
     from forecasting.evaluation.report import write_report
 
     check_range(start, end)
     s = _session(ctx).settings
+    engine = _existing(s)
+    _known_lineage(engine, lineage)
     path = write_report(
-        _existing(s),
+        engine,
         out or s.report_dir,
         tickers=_tickers(tickers),
         settings=s,
         start=start,
         end=end,
+        lineage=lineage,
     )
     print(f"report written to {path}")
 

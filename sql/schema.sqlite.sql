@@ -190,25 +190,33 @@ CREATE TABLE run_skips (
 	FOREIGN KEY(run_id) REFERENCES pipeline_runs (run_id)
 );
 
-CREATE VIEW latest_forecasts AS
-SELECT ticker, as_of_date, target_date, horizon, yhat, yhat_lower, yhat_upper, base_close,
-       model_version_id, run_id, calendar_source, created_at
+CREATE VIEW latest_forecasts_all AS
+SELECT lineage, ticker, as_of_date, target_date, horizon, yhat, yhat_lower, yhat_upper,
+       base_close, model_version_id, run_id, calendar_source, created_at
 FROM (
-    SELECT f.*, ROW_NUMBER() OVER (
-        PARTITION BY f.ticker, f.as_of_date, f.horizon
+    SELECT r.lineage, f.*, ROW_NUMBER() OVER (
+        PARTITION BY r.lineage, f.ticker, f.as_of_date, f.horizon
         ORDER BY f.created_at DESC, f.id DESC
     ) AS rn
     FROM forecasts f
+    JOIN pipeline_runs r ON r.run_id = f.run_id
 ) ranked
 WHERE rn = 1;
 
-CREATE VIEW forecast_errors AS
+CREATE VIEW latest_forecasts AS
+SELECT * FROM latest_forecasts_all WHERE lineage = 'live';
+
+CREATE VIEW forecast_errors_all AS
 SELECT f.ticker, f.as_of_date, f.target_date, f.horizon, f.model_version_id, f.run_id,
        f.yhat, f.yhat_lower, f.yhat_upper, f.base_close,
        p.close AS actual,
        f.yhat - p.close AS error,
        f.base_close - p.close AS naive_error,
        CASE WHEN p.close >= f.yhat_lower AND p.close <= f.yhat_upper THEN 1 ELSE 0 END
-           AS covered
-FROM latest_forecasts f
+           AS covered,
+       f.lineage
+FROM latest_forecasts_all f
 JOIN prices p ON p.ticker = f.ticker AND p.trade_date = f.target_date;
+
+CREATE VIEW forecast_errors AS
+SELECT * FROM forecast_errors_all WHERE lineage = 'live';

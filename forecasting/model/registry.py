@@ -73,6 +73,7 @@ class VersionInfo:
     train_seconds: float | None
     status: VersionStatus
     n_train_samples: int | None
+    retired_reason: str | None = None  # why it was retired other than by a successor
 
 
 def _checkpoint_bytes(model: TrainedModel) -> bytes:
@@ -207,6 +208,7 @@ def _info(row: RowMapping) -> VersionInfo:
         train_seconds=row["train_seconds"],
         status=VersionStatus(row["status"]),
         n_train_samples=row["n_train_samples"],
+        retired_reason=row.get("retired_reason"),
     )
 
 

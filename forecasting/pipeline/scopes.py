@@ -30,6 +30,11 @@ def scope_name(lineage: str, unit: str) -> str:
     return unit if lineage == "live" else f"{lineage}/{unit}"
 
 
+def lineage_of(scope: str) -> str:
+    """The lineage a model scope belongs to (the inverse of :func:`scope_name`)."""
+    return scope.rsplit("/", 1)[0] if "/" in scope else "live"
+
+
 def universe(
     conn: Connection, settings: RunSettings, tickers: Sequence[str] | None = None
 ) -> list[str]:
