@@ -164,7 +164,9 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     tushare_token: Secret = field(default_factory=lambda: Secret(""))
     tickers: Tickers = ()
-    source: Annotated[SourceName, CHOICE] = "demo"
+    # No default: a run never ingests from a source nobody chose (the demo market least of
+    # all); `forecasting demo` or an explicit --source demo reach the demo.
+    source: Annotated[SourceName | None, CHOICE] = None
     source_path: str | None = None  # file or folder for source = "csv"
     history_start: Day = dt.date(2015, 1, 1)  # first day ingested for a ticker without history
     exchange: str = "XSHG"

@@ -209,12 +209,13 @@ def ingest(
     With --source csv, a file without a ts_code column holds the one ticker --tickers names.
     """
     from forecasting.data.ingest import ingest as run_ingest
+    from forecasting.data.provenance import chosen_source
     from forecasting.data.sources import make_source
 
     session = _session(ctx)
     s = session.settings
     chosen = _tickers(tickers)
-    source_name = source or s.source
+    source_name = chosen_source(source or s.source)
     source_obj = make_source(
         source_name,
         token=s.tushare_token.value,

@@ -40,7 +40,7 @@ from forecasting_flows.common import (
     flush_run_logs,
     settings,
 )
-from forecasting_flows.ingest import ingest_sharded
+from forecasting_flows.ingest import ingest_own_sources
 
 TASK_OPTS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
 #: Scheduled and manual daily runs share the live lineage; backfills have their own.
@@ -191,7 +191,8 @@ def daily(
         tickers: Restrict to these tickers, e.g. ["600519.SH"] (default: the configured
             universe, else every ticker with prices); a restricted run has a lineage of its
             own (``live[600519.SH]``), with its own model.
-        ingest: Ingest new prices from the configured source first.
+        ingest: Ingest new prices first, each ticker from its own source (the configured
+            source for tickers that have none yet; with none configured, nothing).
         shard_size: Tickers per forecast task (the unit that spreads over Dask workers).
     """
     log = get_run_logger()
@@ -206,7 +207,7 @@ def daily(
     names = list(tickers) if tickers else None
     ingest_errors: dict[str, str] = {}
     if ingest:
-        result = ingest_sharded(s, tickers=names, end=today)
+        result = ingest_own_sources(s, names, today)
         try:
             ingest_errors = pipeline.ingest_skips(
                 result["status"], result["errors"], result["summary"]

@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from forecasting.data.ingest import ingest as ingest_prices
+from forecasting.data.provenance import HOW_TO_SET, chosen_source, sources_of
 from forecasting.data.sources import make_source
 from forecasting.settings import Settings
 from forecasting_flows.common import (
@@ -40,7 +41,7 @@ def ingest_task(
 ) -> dict[str, Any]:
     """I/O task (retried): fetch and upsert. Reruns are idempotent, so a retry is safe."""
     src = make_source(
-        source or s.source,
+        chosen_source(source or s.source),
         token=s.tushare_token.value,
         path=path or s.source_path,
     )
@@ -77,7 +78,9 @@ def ingest_sharded(
     names = tickers or list(s.tickers)
     if not names:
         names = make_source(
-            source or s.source, token=s.tushare_token.value, path=path or s.source_path
+            chosen_source(source or s.source),
+            token=s.tushare_token.value,
+            path=path or s.source_path,
         ).tickers()
     chunks = [names[i : i + shard_size] for i in range(0, len(names), shard_size)] or [[]]
     if len(chunks) == 1:
@@ -107,6 +110,54 @@ def ingest_sharded(
         description=f"Price ingest: {status}",
     )
     return out
+
+
+def ingest_own_sources(
+    s: Settings, tickers: list[str] | None, end: dt.date | None
+) -> dict[str, Any]:
+    """The daily run's ingest: each ticker from its own recorded source
+    (:func:`~forecasting.data.provenance.sources_of`); the configured source only for tickers
+    that have none yet (an empty database: the configured source's universe). A ticker with no
+    source at all is not ingested and its error says how to set one."""
+    from sqlalchemy import select
+
+    from forecasting.data.schema import prices
+
+    with engine_for(s.database_url).connect() as conn:
+        names = list(tickers or s.tickers) or sorted(
+            conn.execute(select(prices.c.ticker).distinct()).scalars()
+        )
+        own = sources_of(conn, names)
+    groups: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
+    for t in names:
+        source = own.get(t) or s.source
+        if source is None:
+            errors[t] = f"no price source for it is configured; {HOW_TO_SET}"
+        else:
+            groups.setdefault(source, []).append(t)
+    if not names and s.source:
+        groups[s.source] = []  # nothing stored yet: the configured source's own universe
+    results = [
+        ingest_sharded(s, source, group or None, end=end) for source, group in groups.items()
+    ]
+    statuses = {r["status"] for r in results} | ({"failed"} if errors else set())
+    status = (
+        "success"
+        if statuses <= {"success"}
+        else ("failed" if statuses == {"failed"} else "partial")
+    )
+    if not results and not errors:
+        status = "success"  # nothing to ingest
+    summary = "\n".join(
+        [r["summary"] for r in results] + [f"{t}: not ingested: {e}" for t, e in errors.items()]
+    )
+    if not names and not s.source:
+        summary = f"nothing ingested: no price source is configured; {HOW_TO_SET}"
+    get_run_logger().info(summary)
+    for r in results:
+        errors.update(r["errors"])
+    return {"status": status, "errors": errors, "summary": summary}
 
 
 def _markdown(result: dict[str, Any]) -> str:

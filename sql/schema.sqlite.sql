@@ -74,6 +74,7 @@ CREATE TABLE securities (
 	list_date DATE, 
 	delist_date DATE, 
 	checked_through DATE, 
+	source VARCHAR(32), 
 	PRIMARY KEY (ticker)
 );
 

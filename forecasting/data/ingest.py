@@ -38,6 +38,7 @@ from forecasting.clock import real_clock, trading_today
 from forecasting.data.calendar import DEFAULT_EXCHANGE, TradingCalendar
 from forecasting.data.increment import by_date_source
 from forecasting.data.prices import stored_spans, upsert_prices
+from forecasting.data.provenance import DEMO, check_demo_target, record_source
 from forecasting.data.schema import ingest_runs, rejected_rows, securities
 from forecasting.data.sources.base import PriceSource, Security, SourceError, empty_bars
 from forecasting.data.trade_cal import load_trade_cal
@@ -202,6 +203,9 @@ def ingest(
     )
     if start is not None and start > end:
         raise InputError(f"ingest start {start} is after end {end}; swap them or drop start")
+    if source.name == DEMO:
+        with engine.connect() as conn:
+            check_demo_target(conn)  # never synthetic bars in a real series
     report = IngestReport(run_id=str(uuid.uuid4()), source=source.name, started_at=_now())
     with engine.begin() as conn:
         conn.execute(
@@ -306,6 +310,7 @@ def _ingest_ticker(
     clean, rejections = validate_bars(bars, tr.ticker, calendar)
     with engine.begin() as conn:
         _upsert_security(conn, security)
+        record_source(conn, tr.ticker, source.name)
         tr.inserted, tr.updated, tr.unchanged = upsert_prices(
             conn, tr.ticker, clean, source=source.name, ingested_at=ingested_at
         )

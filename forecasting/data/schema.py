@@ -51,6 +51,8 @@ securities = Table(
     # The whole-market fetch of this day had no bar for it (a suspension): the next increment
     # starts after this day, not after the last bar.
     Column("checked_through", Date),
+    # The source its prices come from (tushare | csv | demo); the daily ingest uses it.
+    Column("source", String(32)),
 )
 
 # Index constituents as published at each rebalance date (tushare index_weight), so that a

@@ -108,10 +108,12 @@ def test_a_failed_ingest_fails_the_run_and_a_partial_one_skips_its_tickers(
     """The daily run reflects its ingest. When one ticker's ingest fails, the run forecasts the
     others and is ``partial``: that ticker is skipped as ``ingest failed: ...``, in the summary
     and in ``run_skips``, never forecast from the day before's prices. When the ingest fails
-    for every ticker, the flow run fails with the reason and nothing is forecast."""
+    for every ticker, the flow run fails with the reason and nothing is forecast. No source is
+    configured: each ticker is ingested from the source it came from (csv)."""
     folder = use_database(
         monkeypatch, sqlite_url, shared_data, tmp_path, through=AS_OF - dt.timedelta(days=1)
     )
+    monkeypatch.delenv("FORECASTING_SOURCE")
     monkeypatch.setenv("FORECASTING_TICKERS", ",".join([*ELIGIBLE, SHORT]))
     broken = ELIGIBLE[1]
     (folder / f"{broken.lower()}.daily.csv").unlink()
