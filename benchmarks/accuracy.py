@@ -48,6 +48,7 @@ import torch
 if __package__ in (None, ""):  # run as a script (`python benchmarks/accuracy.py`, the Makefile)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.baselines import empirical_forecasts, garch_forecasts  # noqa: E402
 from benchmarks.common import INDEX_TICKERS, choose_panel_tickers, load_indices  # noqa: E402
 from benchmarks.tutorial_lstm import (  # noqa: E402
     TutorialConfig,
@@ -56,6 +57,7 @@ from benchmarks.tutorial_lstm import (  # noqa: E402
 )
 from forecasting.model.inference import predict  # noqa: E402
 from forecasting.model.lstm import ModelConfig  # noqa: E402
+from forecasting.model.metrics import interval_score, pinball  # noqa: E402
 from forecasting.model.trained_model import TrainedModel  # noqa: E402
 from forecasting.model.training import fit  # noqa: E402
 
@@ -65,7 +67,10 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "accuracy.csv"
 DEFAULT_EPOCHS = 5
 PREDICT_CHUNK = 2048  # origins per predict() call: one batched forward pass each
 TARGET_RATIO = 1.00
-TARGET_COVERAGE = (0.75, 0.85)
+TARGET_COVERAGE = (0.75, 0.85)  # per series
+TARGET_POOLED_COVERAGE = (0.77, 0.83)  # per horizon, pooled over series
+BASELINES = ("empirical", "garch_t")
+TARGET_WINKLER = {"garch_t": 0.98, "empirical": 0.97}  # geo-mean interval score, model / baseline
 
 log = logging.getLogger("benchmarks.accuracy")
 
@@ -93,6 +98,7 @@ class GroupRun:
     fit_seconds: float
     predict_seconds: float
     tutorial_seconds: float
+    baseline_seconds: float = 0.0
 
 
 @dataclass
@@ -234,8 +240,66 @@ def tutorial_forecasts(
     return out
 
 
+def baseline_forecasts(
+    series: Mapping[str, pd.Series],
+    group: WindowGroup,
+    horizon: int,
+    interval: float,
+    *,
+    garch: bool = True,
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """The interval baselines (:mod:`benchmarks.baselines`) on the group's origins. GARCH is
+    left out when ``garch=False`` or when the ``arch`` package (the bench extra) is missing."""
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+        "empirical": {
+            tk: empirical_forecasts(s, group.test_after, horizon, interval)
+            for tk, s in series.items()
+        }
+    }
+    if garch:
+        try:
+            import arch  # noqa: F401
+        except ImportError:
+            log.warning("GARCH baseline skipped: `pip install -e '.[bench]'` installs arch")
+            return out
+        out["garch_t"] = {
+            tk: garch_forecasts(s, group.through, group.test_after, horizon, interval)
+            for tk, s in series.items()
+        }
+    return out
+
+
 def _rmse(err: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(err)))) if err.size else math.nan
+
+
+def _band_scores(
+    prefix: str,
+    fc: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    ok: np.ndarray,
+    h: int,
+    y: np.ndarray,
+    naive: np.ndarray,
+    interval: float,
+) -> dict[str, float]:
+    """Coverage, width, interval (Winkler) score and pinball losses of one method's band at
+    horizon ``h``, in percent of the origin close, over the origins ``ok``."""
+    names = ("coverage", "width_pct", "winkler", "pinball_lo", "pinball_mid", "pinball_hi")
+    if fc is None:
+        return {f"{prefix}{k}": math.nan for k in names}
+    yhat, lower, upper = (a[ok, h - 1] for a in fc)  # [T_h] each
+    keep = np.isfinite(lower) & np.isfinite(upper)
+    pct = 100.0 / naive
+    tail = (1.0 - interval) / 2.0
+    out = {
+        "coverage": float(np.mean(((y >= lower) & (y <= upper))[keep])),
+        "width_pct": float(np.mean(((upper - lower) * pct)[keep])),
+        "winkler": float(np.mean((interval_score(lower, upper, y, 1 - interval) * pct)[keep])),
+        "pinball_lo": float(np.mean((pinball(lower, y, tail) * pct)[keep])),
+        "pinball_mid": float(np.mean((pinball(yhat, y, 0.5) * pct)[keep])),
+        "pinball_hi": float(np.mean((pinball(upper, y, 1 - tail) * pct)[keep])),
+    }
+    return {f"{prefix}{k}": v for k, v in out.items()}
 
 
 def score_rows(
@@ -244,8 +308,13 @@ def score_rows(
     model_fc: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     tutorial_fc: Mapping[str, np.ndarray],
     horizons: Sequence[int],
+    baselines: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]] | None = None,
+    interval: float = 0.8,
 ) -> list[dict[str, object]]:
-    """One row per (series, horizon) of a group: RMSEs, ratios to persistence, coverage."""
+    """One row per (series, horizon) of a group: RMSEs, ratios to persistence, and for the
+    model and each interval baseline (``baselines``: name -> forecasts per ticker) coverage,
+    width, interval score and pinball losses."""
+    baselines = baselines or {}
     rows: list[dict[str, object]] = []
     for tk in group.tickers:
         s = series[tk]
@@ -270,6 +339,10 @@ def score_rows(
             tut = tutorial_fc.get(tk)
             if tut is not None:
                 tut_rmse = _rmse(tut[ok, h - 1] - y)
+            scores = _band_scores("", fc, ok, h, y, naive, interval)
+            for name in BASELINES:
+                fcb = baselines.get(name, {}).get(tk)
+                scores.update(_band_scores(f"{name}_", fcb, ok, h, y, naive, interval))
             row: dict[str, object] = {
                 "ticker": tk,
                 "kind": "index" if tk in INDEX_TICKERS else "stock",
@@ -285,6 +358,7 @@ def score_rows(
                 "tutorial_ratio": tut_rmse / naive_rmse if naive_rmse > 0 else math.nan,
                 "coverage": coverage,
                 "width_pct": width,
+                **{k: v for k, v in scores.items() if k not in ("coverage", "width_pct")},
             }
             rows.append(row)
     return rows
@@ -305,6 +379,15 @@ COLUMNS = [
     "tutorial_ratio",
     "coverage",
     "width_pct",
+    "winkler",
+    "pinball_lo",
+    "pinball_mid",
+    "pinball_hi",
+    *(
+        f"{b}_{k}"
+        for b in ("empirical", "garch_t")
+        for k in ("coverage", "width_pct", "winkler", "pinball_lo", "pinball_mid", "pinball_hi")
+    ),
 ]
 
 
@@ -318,6 +401,7 @@ def run_accuracy(
     common: bool = False,
     gap_days: int = 31,
     progress: bool | None = False,
+    garch: bool = True,
 ) -> AccuracyResult:
     """Fit one global model per test group, forecast every origin, score against persistence
     and the tutorial recipe. ``series``: closes per ticker, indexed by trade date, ascending."""
@@ -346,8 +430,12 @@ def run_accuracy(
             members, group.through, group.test_after, train_len, max(horizons), tut_cfg
         )
         t3 = time.perf_counter()
-        runs.append(GroupRun(group, model, t1 - t0, t2 - t1, t3 - t2))
-        rows += score_rows(series, group, model_fc, tut_fc, horizons)
+        base = baseline_forecasts(members, group, max(horizons), config.interval, garch=garch)
+        t4 = time.perf_counter()
+        runs.append(GroupRun(group, model, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        rows += score_rows(
+            series, group, model_fc, tut_fc, horizons, base, interval=config.interval
+        )
     return AccuracyResult(pd.DataFrame(rows, columns=COLUMNS), runs)
 
 
@@ -435,6 +523,54 @@ def format_summary(rows: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _geo_mean(x: np.ndarray) -> float:
+    x = x[np.isfinite(x) & (x > 0)]
+    return float(np.exp(np.mean(np.log(x)))) if len(x) else math.nan
+
+
+def format_scores(rows: pd.DataFrame) -> str:
+    """Per horizon, the model's band beside the baselines' on the same origins: coverage
+    pooled over series (weighted by origins), mean width, mean interval (Winkler) score and
+    pinball losses (percent of the origin close), and the geometric mean over series of the
+    model's interval score over each baseline's, with its target."""
+    lo, hi = TARGET_POOLED_COVERAGE
+    head = (
+        f"{'h':>3} {'method':<10} {'coverage':>8} {'width%':>7} {'winkler':>8} "
+        f"{'pb_lo':>6} {'pb_mid':>6} {'pb_hi':>6} {'model/this':>10} {'target':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for h, g in rows.groupby("horizon"):
+        w = g["n_origins"].to_numpy(dtype=np.float64)  # [series]
+        for name in ("model", *BASELINES):
+            p = "" if name == "model" else f"{name}_"
+            cov = g[f"{p}coverage"].to_numpy(dtype=np.float64)
+            if not np.isfinite(cov).any():
+                continue
+            ok = np.isfinite(cov)
+            pooled = float(np.sum(cov[ok] * w[ok]) / np.sum(w[ok]))
+            ratio, target, flag = math.nan, "", ""
+            if name != "model":
+                r = g["winkler"].to_numpy(dtype=np.float64) / g[f"{p}winkler"].to_numpy(
+                    dtype=np.float64
+                )
+                ratio = _geo_mean(r)
+                target = f"<={TARGET_WINKLER[name]:.2f}"
+                flag = " ok" if ratio <= TARGET_WINKLER[name] else " MISS"
+            elif not lo <= pooled <= hi:
+                flag = f" MISS (coverage target {lo:.2f}-{hi:.2f})"
+            lines.append(
+                f"{h!s:>3} {name:<10} {pooled:>8.3f} {g[f'{p}width_pct'].mean():>7.2f} "
+                f"{g[f'{p}winkler'].mean():>8.3f} {g[f'{p}pinball_lo'].mean():>6.3f} "
+                f"{g[f'{p}pinball_mid'].mean():>6.3f} {g[f'{p}pinball_hi'].mean():>6.3f} "
+                f"{_f(ratio, 4):>10} {target:>7}{flag}"
+            )
+    lines.append(
+        "(scores in % of the origin close; model/this = geo-mean over series of the model's "
+        "interval score / the method's; lower is better)"
+    )
+    return "\n".join(lines)
+
+
 def format_runs(runs: Sequence[GroupRun]) -> str:
     """Per model: cutoff, series, validation ratio, shrink factors, timings."""
     lines = []
@@ -449,7 +585,7 @@ def format_runs(runs: Sequence[GroupRun]) -> str:
             f"shrink h1/h5/h10 "
             + "/".join(_f(float(shrink[h - 1]), 2) for h in HORIZONS if h <= len(shrink))
             + f"; fit {r.fit_seconds:.0f}s, predict {r.predict_seconds:.1f}s, "
-            f"tutorial {r.tutorial_seconds:.1f}s"
+            f"tutorial {r.tutorial_seconds:.1f}s, baselines {r.baseline_seconds:.1f}s"
         )
     return "\n".join(lines)
 
@@ -484,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_EPOCHS,
         help=f"max_epochs of the model (default {DEFAULT_EPOCHS}: validation loss is flat after "
-        "2-3 epochs on this data, and the project default of 20 would take ~30 min on 2 CPU cores)",
+        "2-3 epochs on this data (the ridge-started skip is there at epoch 0); the project default is 10)",
     )
     p.add_argument("--device", default=None, help="model device (auto, cpu, cuda, ...)")
     p.add_argument("--quick", action="store_true", help="small settings for a fast check")
@@ -492,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("group", "common"), default="group")
     p.add_argument("--group-gap", type=int, default=31, help="calendar days (default 31)")
     p.add_argument("--no-indices", action="store_true", help="panel stocks only")
+    p.add_argument("--no-garch", action="store_true", help="skip the GARCH(1,1)-t baseline")
     p.add_argument(
         "--set",
         action="append",
@@ -553,12 +690,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         tutorial=tut,
         common=args.split == "common",
         gap_days=args.group_gap,
+        garch=not args.no_garch,
     )
     print(format_runs(result.runs))
     print()
     print(format_table(result.rows))
     print()
     print(format_summary(result.rows))
+    print()
+    print(format_scores(result.rows))
     print(f"total {time.perf_counter() - started:.0f}s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.rows.to_csv(args.out, index=False, float_format="%.6g")

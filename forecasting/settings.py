@@ -40,6 +40,7 @@ from pydantic import BeforeValidator, ValidationError
 
 from forecasting.choices import Cell as Cell
 from forecasting.choices import CheckpointStore as CheckpointStore
+from forecasting.choices import Feature as Feature
 from forecasting.choices import Loss as Loss
 from forecasting.choices import SourceName as SourceName
 from forecasting.choices import Target as Target
@@ -81,8 +82,19 @@ def _tickers(value: Any) -> Any:
 CHOICE = BeforeValidator(_choice)
 #: A date, written ``YYYY-MM-DD`` or ``YYYYMMDD`` (or a TOML date).
 Day = Annotated[dt.date, BeforeValidator(_day)]
+
+
+def _names(value: Any) -> Any:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, Iterable):
+        return value
+    return tuple(str(t).strip().lower() for t in items if str(t).strip())
+
+
 #: Tickers, a TOML list or a comma-separated string, upper-cased.
 Tickers = Annotated[tuple[str, ...], BeforeValidator(_tickers)]
+#: Model input names, a TOML list or a comma-separated string, lower-cased.
+Features = Annotated[tuple[Feature, ...], BeforeValidator(_names)]
 Positive = Annotated[int, Ge(1)]
 Count = Annotated[int, Ge(0)]
 Fraction = Annotated[float, Ge(0.0), Lt(1.0)]
@@ -135,6 +147,8 @@ class ModelSettings:
     per_ticker: bool = False
     device: str = "auto"
     shrink: bool = True
+    # The inputs per day, "return" first (forecasting.model.features).
+    features: Features = ("return", "abs_return", "gap", "limit_up", "limit_down")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ CREATE TABLE ingest_runs (
 	rows_rejected INTEGER DEFAULT '0' NOT NULL, 
 	status VARCHAR(16) NOT NULL, 
 	error TEXT, 
+	heartbeat_at TIMESTAMP WITH TIME ZONE, 
 	PRIMARY KEY (run_id)
 );
 
@@ -141,9 +142,29 @@ CREATE TABLE rejected_rows (
 	trade_date DATE, 
 	raw TEXT NOT NULL, 
 	reason TEXT NOT NULL, 
+	fingerprint VARCHAR(64), 
+	last_run_id VARCHAR(36), 
 	PRIMARY KEY (id), 
 	FOREIGN KEY(run_id) REFERENCES ingest_runs (run_id)
 );
+
+CREATE INDEX ix_rejected_rows_fingerprint ON rejected_rows (fingerprint);
+
+CREATE TABLE revisions (
+	id SERIAL NOT NULL, 
+	run_id VARCHAR(36) NOT NULL, 
+	ticker VARCHAR(32) NOT NULL, 
+	trade_date DATE NOT NULL, 
+	column_name VARCHAR(32) NOT NULL, 
+	old_value FLOAT, 
+	new_value FLOAT, 
+	source VARCHAR(32) NOT NULL, 
+	revised_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	PRIMARY KEY (id), 
+	FOREIGN KEY(run_id) REFERENCES ingest_runs (run_id)
+);
+
+CREATE INDEX ix_revisions_ticker_date ON revisions (ticker, trade_date);
 
 CREATE TABLE forecast_staging (
 	run_id VARCHAR(36) NOT NULL, 

@@ -6,6 +6,13 @@
 first, capped at ``row_limit`` rows per call like the real service; it can be told to answer the
 next calls with the rate-limit message or an HTTP error, rejects any token but its own, and
 records every request it received.
+
+Faults a test injects (each shows how a real vendor misbehaves): ``extra`` rows sent with every
+reply for a ticker whatever the dates asked (a future-dated row, a row under another
+``ts_code``, an ``inf`` close); ``revise`` changes a stored day's values (a vendor correction);
+``known`` limits the tickers it has data for (an unknown code gets an empty reply);
+``delay_next`` makes replies hang (a deadline); ``row_limit`` below the client's assumed page
+size (a short page that must not end the paging).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -194,6 +202,13 @@ class TushareStub(_MarketStub):
         self.last = last
         self.listed = dict(listed or {})
         self.requests: list[dict[str, Any]] = []
+        #: Rows added to every daily/adj_factor reply for a ticker, whatever the dates asked.
+        self.extra: dict[str, list[dict[str, Any]]] = {}
+        #: Values that replace a day's generated ones: ``{(ticker, "YYYYMMDD"): {"close": 1.0}}``.
+        self.revise: dict[tuple[str, str], dict[str, Any]] = {}
+        #: When set, only these tickers have data; any other gets a code-0 reply with no rows.
+        self.known: set[str] | None = None
+        self._delays: list[float] = []
         #: When set, the bad-token reply quotes the token it received (a careless server).
         self.echo_token = False
         self._rate_limited = 0
@@ -219,6 +234,11 @@ class TushareStub(_MarketStub):
         """Answer the next ``calls`` requests with HTTP ``status`` and a non-JSON body."""
         with self._lock:
             self._http_errors.extend([status] * calls)
+
+    def delay_next(self, calls: int, seconds: float) -> None:
+        """Hold each of the next ``calls`` replies for ``seconds`` (a hanging server)."""
+        with self._lock:
+            self._delays.extend([seconds] * calls)
 
     def calls(self, api_name: str | None = None) -> list[dict[str, Any]]:
         """Recorded request bodies, optionally only those for ``api_name``."""
@@ -262,6 +282,7 @@ class TushareStub(_MarketStub):
                     "adj_factor": 1.0 if i < SPLIT_INDEX else 2.0,
                 }
             )
+            rows[-1].update(self.revise.get((ticker, rows[-1]["trade_date"]), {}))
         return rows
 
     def _answer(self, api_name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -287,11 +308,15 @@ class TushareStub(_MarketStub):
             ticker = str(params.get("ts_code", ""))
             is_index = ticker in STUB_INDICES
             wanted = api_name == "index_daily" if is_index else api_name != "index_daily"
+            if self.known is not None and ticker not in self.known:
+                wanted = False
             rows = self.bars(ticker) if wanted and ticker else []
             key = "trade_date"
         else:
             raise KeyError(api_name)
         rows = [r for r in rows if start <= str(r[key]) <= end]
+        if api_name != "trade_cal":
+            rows += [dict(r) for r in self.extra.get(str(params.get("ts_code", "")), [])]
         rows.sort(key=lambda r: str(r[key]), reverse=True)  # tushare sends newest first
         return rows[: self.row_limit]
 
@@ -308,6 +333,9 @@ class TushareStub(_MarketStub):
                 return self._http_errors.pop(0), b"<html>Internal Server Error</html>"
             rate_limited = self._rate_limited > 0
             self._rate_limited -= 1 if rate_limited else 0
+            delay = self._delays.pop(0) if self._delays else 0.0
+        if delay:
+            time.sleep(delay)
         api_name = str(request.get("api_name", ""))
         if request.get("token") != self.token:
             quoted = f" ({request.get('token')})" if self.echo_token else ""

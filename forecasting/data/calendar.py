@@ -5,14 +5,19 @@ Which days the exchange trades is answered, for each date, by the strongest sour
 1. ``"database"``: rows in ``trading_calendar`` (tushare ``trade_cal``, written by the ingest
    through :mod:`forecasting.data.trade_cal`).
    A date with a row there is authoritative, open or closed.
-2. ``"xshg"``: the ``exchange_calendars`` XSHG sessions, which stop at the library's last known
-   session (2026-12-31 for 4.x) and start in 1991.
+2. ``"xshg"`` (``"xnys"`` for a US calendar): the ``exchange_calendars`` sessions of the
+   exchange, which stop at the library's last known session (2026-12-31 for XSHG in 4.x) and
+   start at :data:`_LIBRARY_START`. A calendar built from a series' own bars
+   (:meth:`TradingCalendar.from_series`, for a ticker on an exchange nobody publishes a
+   calendar for) answers ``"series"`` within its bars' span.
 3. ``"weekdays"``: Monday to Friday. Always an answer, never a certain one; a warning is logged
    the first time a calendar falls back to it, and callers record the weakest source they used
    (``forecasts.calendar_source``) so a forecast made on a guessed calendar says so.
 
 All A-share exchanges (SSE, SZSE, BSE) share one calendar; it is stored under the key
 :data:`DEFAULT_EXCHANGE` (``"XSHG"``) whatever name the source used, see :func:`calendar_exchange`.
+Which calendar a ticker's target dates follow is :func:`ticker_calendar`: XSHG for A-shares,
+XNYS for US listings, the series' own trading days for anything else.
 """
 
 from __future__ import annotations
@@ -34,12 +39,16 @@ from forecasting.errors import ForecastingError
 
 log = logging.getLogger(__name__)
 
-CalendarSource = Literal["database", "xshg", "weekdays"]
+CalendarSource = Literal["database", "xshg", "xnys", "series", "weekdays"]
 
 DEFAULT_EXCHANGE = "XSHG"
 
 # Strongest first; the "weakest source used" of a query is the one with the highest rank.
-SOURCE_RANK: dict[str, int] = {"database": 0, "xshg": 1, "weekdays": 2}
+SOURCE_RANK: dict[str, int] = {"database": 0, "xshg": 1, "xnys": 1, "series": 1, "weekdays": 2}
+
+#: Calendars of exchange_calendars this project reads, by stored key.
+LIBRARY_CALENDARS: dict[str, CalendarSource] = {"XSHG": "xshg", "XNYS": "xnys"}
+SERIES_CALENDAR = "SERIES"  # the key of a calendar made from a series' own bars
 
 # Every mainland A-share venue trades on the same days; one stored calendar serves them all.
 _EXCHANGE_KEYS = {
@@ -51,10 +60,15 @@ _EXCHANGE_KEYS = {
     "XSHE": "XSHG",
     "BSE": "XSHG",
     "BJ": "XSHG",
+    "NYSE": "XNYS",
+    "NASDAQ": "XNYS",
+    "XNAS": "XNYS",
+    "XNYS": "XNYS",
+    "US": "XNYS",
 }
 
 # exchange_calendars holds XSHG holidays from 1991 on; asking for earlier raises.
-_XSHG_START = "1991-01-01"
+_LIBRARY_START = "1991-01-01"
 
 # The longest run of closed days the exchange has had is about two weeks (Spring Festival plus
 # weekends); a search that walks further than this has found a broken calendar, not a holiday.
@@ -77,19 +91,43 @@ def calendar_exchange(exchange: str | None) -> str:
     return _EXCHANGE_KEYS.get(key, key)
 
 
-@functools.lru_cache(maxsize=1)
-def _xshg_sessions() -> tuple[frozenset[dt.date], dt.date, dt.date]:
-    """XSHG sessions as dates, with the first and last date the library knows.
+def ticker_calendar(ticker: str, exchange: str | None = None) -> str:
+    """The calendar key a ticker's trading days follow: ``"XSHG"`` for A-shares (``.SH``,
+    ``.SZ``, ``.BJ`` or an A-share exchange), ``"XNYS"`` for US listings (``.US``, ``.N``,
+    ``.O``, a ``^`` index, or the exchange NYSE/NASDAQ), else :data:`SERIES_CALENDAR`: the
+    series' own trading days (a CSV of crude oil, an exchange nobody publishes a calendar
+    for). ``exchange`` is what ``securities`` records, when it does."""
+    if exchange and exchange.strip():
+        key = calendar_exchange(exchange)
+        if key in LIBRARY_CALENDARS:
+            return key
+    t = ticker.strip().upper()
+    suffix = t.rsplit(".", 1)[-1] if "." in t else ""
+    if suffix in ("SH", "SZ", "BJ"):
+        return DEFAULT_EXCHANGE
+    if suffix in ("US", "N", "O", "OQ") or t.startswith("^"):
+        return "XNYS"
+    return SERIES_CALENDAR
+
+
+@functools.lru_cache(maxsize=4)
+def _library_sessions(code: str = DEFAULT_EXCHANGE) -> tuple[frozenset[dt.date], dt.date, dt.date]:
+    """An exchange_calendars calendar's sessions as dates, with the first and last date the
+    library knows.
 
     Cached: building the calendar takes most of a second and it never changes within a process.
     """
     import exchange_calendars as xc  # imported lazily: the ingest validates without it
 
-    cal = xc.get_calendar("XSHG", start=_XSHG_START)
+    cal = xc.get_calendar(code, start=_LIBRARY_START)
     sessions = frozenset(pd.DatetimeIndex(cal.sessions).date.tolist())
     # The library knows every date from the requested start (closed ones included) through its
     # last session; past that it raises, so the bound is read from it rather than hard-coded.
-    return sessions, dt.date.fromisoformat(_XSHG_START), cal.last_session.date()
+    return sessions, dt.date.fromisoformat(_LIBRARY_START), cal.last_session.date()
+
+
+def _xshg_sessions() -> tuple[frozenset[dt.date], dt.date, dt.date]:
+    return _library_sessions(DEFAULT_EXCHANGE)
 
 
 @dataclass(frozen=True)
@@ -141,7 +179,14 @@ class TradingCalendar:
         self.exchange = calendar_exchange(exchange)
         self._db: dict[dt.date, bool] = dict(rows or {})
         self._db_closed = frozenset(d for d, is_open in self._db.items() if not is_open)
-        self._use_xshg = use_xshg
+        # The library fallback: the exchange's own calendar there, if the library has one.
+        self._library: CalendarSource | None = (
+            LIBRARY_CALENDARS.get(self.exchange) if use_xshg else None
+        )
+        self._use_xshg = self._library is not None
+        self._db_source: CalendarSource = (
+            "series" if self.exchange == SERIES_CALENDAR else "database"
+        )
         self._warned_weekdays = False
 
     # -- construction -------------------------------------------------------------------------
@@ -182,27 +227,46 @@ class TradingCalendar:
         ``use_xshg=False`` skips straight to the weekday fallback."""
         return cls(rows, exchange=exchange, use_xshg=use_xshg)
 
+    @classmethod
+    def from_series(cls, dates: Iterable[dt.date]) -> TradingCalendar:
+        """A calendar of a series' own trading days: open on each bar's date, closed on the
+        other days between its first and last bar (source ``"series"``), weekdays after."""
+        days = sorted({_as_date(d) for d in dates})
+        rows: dict[dt.date, bool] = {}
+        if days:
+            opened = set(days)
+            cur = days[0]
+            while cur <= days[-1]:
+                rows[cur] = cur in opened
+                cur += dt.timedelta(days=1)
+        return cls(rows, exchange=SERIES_CALENDAR, use_xshg=False)
+
+    def _library_sessions(self) -> tuple[frozenset[dt.date], dt.date, dt.date]:
+        code = next(k for k, v in LIBRARY_CALENDARS.items() if v == self._library)
+        return _library_sessions(code)
+
     # -- per-date answers ---------------------------------------------------------------------
 
     def source_for(self, d: dt.date) -> CalendarSource:
-        """Which source answers for ``d``: ``"database"``, ``"xshg"`` or ``"weekdays"``."""
+        """Which source answers for ``d``: ``"database"`` (``"series"``), the library's
+        (``"xshg"``, ``"xnys"``) or ``"weekdays"``."""
         d = _as_date(d)
         if d in self._db:
-            return "database"
-        if self._use_xshg:
-            _, first, last = _xshg_sessions()
+            return self._db_source
+        if self._library is not None:
+            _, first, last = self._library_sessions()
             if first <= d <= last:
-                return "xshg"
+                return self._library
         return "weekdays"
 
     def is_trading_day(self, d: dt.date) -> bool:
         """Whether the exchange trades on ``d``, by the strongest source that knows."""
         d = _as_date(d)
         source = self.source_for(d)
-        if source == "database":
+        if source in ("database", "series"):
             return self._db[d]
-        if source == "xshg":
-            return d in _xshg_sessions()[0]
+        if source == self._library:
+            return d in self._library_sessions()[0]
         self._warn_weekdays(d)
         return d.weekday() < 5
 
@@ -317,11 +381,11 @@ class TradingCalendar:
         """
         spans: list[tuple[dt.date | None, dt.date | None, CalendarSource]] = []
         db_runs = _runs(sorted(self._db))
-        if self._use_xshg:
-            _, first, last = _xshg_sessions()
+        if self._library is not None:
+            _, first, last = self._library_sessions()
             fallback = [
                 (None, first - dt.timedelta(days=1), "weekdays"),
-                (first, last, "xshg"),
+                (first, last, self._library),
                 (last + dt.timedelta(days=1), None, "weekdays"),
             ]
         else:
@@ -330,8 +394,8 @@ class TradingCalendar:
             pieces: list[tuple[dt.date | None, dt.date | None]] = [(fb_start, fb_end)]
             for run_start, run_end in db_runs:
                 pieces = [p for piece in pieces for p in _subtract(piece, run_start, run_end)]
-            spans.extend((s, e, fb_source) for s, e in pieces)  # type: ignore[misc]
-        spans.extend((s, e, "database") for s, e in db_runs)
+            spans.extend((s, e, fb_source) for s, e in pieces)
+        spans.extend((s, e, self._db_source) for s, e in db_runs)
         spans.sort(key=lambda sp: sp[0] or dt.date.min)
         out = Coverage()
         for s, e, source in spans:
@@ -342,10 +406,10 @@ class TradingCalendar:
         return out
 
     def _count_open(self, start: dt.date, end: dt.date, source: CalendarSource) -> int:
-        if source == "database":
+        if source in ("database", "series"):
             return sum(1 for d, o in self._db.items() if o and start <= d <= end)
-        if source == "xshg":
-            return sum(1 for d in _xshg_sessions()[0] if start <= d <= end)
+        if source == self._library:
+            return sum(1 for d in self._library_sessions()[0] if start <= d <= end)
         return int(np.busday_count(start, end + dt.timedelta(days=1)))
 
     def _warn_weekdays(self, d: dt.date) -> None:

@@ -223,6 +223,10 @@ class DayBatchSource:
     def tickers(self) -> list[str]:
         return self._source.tickers()
 
+    def covers(self, ticker: str) -> bool:
+        """Whether ``ticker``'s increment is served from the whole-market days."""
+        return ticker in self._covered
+
     def security(self, ticker: str) -> Security:
         """The source's, with the day the market was checked through for the ticker (stored
         with its bars, in the same transaction, so only once they have landed)."""

@@ -1,48 +1,61 @@
 """Ingest: fetch bars from a price source, validate them, upsert them into ``prices``.
 
-The ingest is incremental and idempotent:
+The ingest is incremental and idempotent, and nothing wrong gets in, nothing right gets lost:
 
-* each ticker is fetched from its last stored date + 1 to ``end`` (a ticker with no history from
-  ``history_start``); an explicit ``start`` re-requests ``start..end`` and compares, or, for a
-  ticker whose stored history begins later, backfills only the missing earlier range;
-* incoming rows are compared with the stored rows in bulk (one query per ticker, compared in
-  numpy with a float tolerance): new rows are inserted, changed rows updated, unchanged rows
-  counted and left alone, so running it twice changes nothing;
-* bad rows (NaN or non-positive close, high below low, conflicting duplicate dates, bars on a day
-  the exchange is certainly closed) go to ``rejected_rows`` with a sentence saying why; the clean
-  rows of the same batch still land;
-* one ticker's batch (prices, rejected rows, securities row) commits in one transaction, and a
-  ticker whose source fails is recorded while the others land. The ``ingest_runs`` row is written
-  first (status ``running``) and completed at the end: ``success``, ``partial`` or ``failed``.
+* a network source is asked, per ticker, for the days after the last stored one plus the
+  ``reread_days`` before it (vendors revise recent bars), a ticker with no history from
+  ``history_start``; an explicit ``start`` re-requests ``start..end`` and compares, or, for a
+  ticker whose stored history begins later, backfills the missing earlier range. A file source
+  (reading it is cheap) is compared whole, every run; rows it holds before ``start`` or after
+  ``end`` are left out and counted, with how to load them;
+* every row is checked at the boundary (:func:`forecasting.data.validation.validate_bars`):
+  dates inside what was asked for and not after today at the exchange, finite, consistent
+  values, and a one-day move the exchange allows; a bad row goes to ``rejected_rows`` with its
+  raw values and a sentence saying why (once: the same row refused again is not added twice),
+  and the clean rows of the same batch still land;
+* rows are compared with the stored ones in bulk (:func:`forecasting.data.prices.upsert_prices`):
+  new rows are inserted, a blank cell never replaces a stored value, and every changed value
+  is applied and recorded in ``revisions``; unchanged rows are left alone, so running it twice
+  changes nothing;
+* one ticker's batch (prices, revisions, rejected rows, securities row, the run's heartbeat and
+  counts so far) commits in one transaction; a ticker whose source fails, returns nothing, or a
+  file that cannot be read is recorded while the others land. The ``ingest_runs`` row is written
+  first (``running``) and closed at the end: ``success``, ``partial`` or ``failed``;
+  ``aborted`` on SIGTERM or SIGINT (with the counts committed so far); a ``running`` row whose
+  heartbeat stopped (the process died) is closed as ``abandoned`` by the next ingest. A run
+  that passes its ``deadline_s`` stops, keeps what landed, and fails.
 
-This module plans and orchestrates; the checks are :func:`forecasting.data.validation.validate_bars`
-and the comparison and writes :func:`forecasting.data.prices.upsert_prices`.
+This module plans and orchestrates; the checks are :mod:`forecasting.data.validation`, the
+comparison and writes :mod:`forecasting.data.prices`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting.clock import real_clock, trading_today
 from forecasting.data.calendar import DEFAULT_EXCHANGE, TradingCalendar
 from forecasting.data.increment import by_date_source
-from forecasting.data.prices import stored_spans, upsert_prices
+from forecasting.data.interrupts import Interrupted, Interrupts
+from forecasting.data.prices import read_stored, stored_spans, upsert_prices
 from forecasting.data.provenance import DEMO, check_demo_target, record_source
 from forecasting.data.schema import ingest_runs, rejected_rows, securities
 from forecasting.data.sources.base import PriceSource, Security, SourceError, empty_bars
 from forecasting.data.trade_cal import load_trade_cal
-from forecasting.data.validation import validate_bars
+from forecasting.data.validation import Checks, Rejection, validate_bars
 from forecasting.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -53,30 +66,61 @@ DEFAULT_HISTORY_START = dt.date(2015, 1, 1)
 # trade_cal in advance, so the calendar is requested this far past ``end``.
 CALENDAR_AHEAD = dt.timedelta(days=366)
 
+#: A ``running`` ingest whose heartbeat is older than this belongs to a process that is gone.
+DEFAULT_ABANDON_AFTER = dt.timedelta(minutes=30)
+
 _MAX_ERROR_CHARS = 4000
+_WHOLE = (dt.date(1900, 1, 1), dt.date(9999, 12, 31))
 
 
 @dataclass
 class TickerReport:
-    """What the ingest did for one ticker."""
+    """What the ingest did for one ticker (or one file that could not be read)."""
 
     ticker: str
     ranges: list[tuple[dt.date, dt.date]] = field(default_factory=list)  # requested from source
+    whole: bool = False  # a file source, compared whole
     fetched: int = 0
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
     rejected: int = 0
+    rejected_before: int = 0  # of ``rejected``: already on record from an earlier run
+    revised: int = 0  # values changed (rows in ``revisions``)
+    left_before: int = 0  # file rows before ``start``, not loaded
+    left_after: int = 0  # file rows after ``end``, not loaded
+    first_left: dt.date | None = None
+    last_left: dt.date | None = None
+    note: str | None = None
     error: str | None = None
 
     def line(self) -> str:
-        spans = ", ".join(f"{a}..{b}" for a, b in self.ranges) or "up to date"
+        spans = (
+            "whole file"
+            if self.whole
+            else ", ".join(f"{a}..{b}" for a, b in self.ranges) or "up to date"
+        )
         if self.error:
             return f"{self.ticker}: FAILED ({spans}): {self.error}"
-        return (
+        text = (
             f"{self.ticker}: {spans}: fetched {self.fetched}, inserted {self.inserted}, "
             f"updated {self.updated}, unchanged {self.unchanged}, rejected {self.rejected}"
         )
+        if self.rejected_before:
+            text += f" ({self.rejected_before} already on record)"
+        if self.revised:
+            text += f"; {self.revised} values revised"
+        if self.left_before:
+            text += (
+                f"; {self.left_before} rows before start left out "
+                f"(load them with --start {self.first_left})"
+            )
+        if self.left_after:
+            text += (
+                f"; {self.left_after} rows after end left out "
+                f"(load them with --end {self.last_left})"
+            )
+        return text + (f"; {self.note}" if self.note else "")
 
 
 @dataclass
@@ -92,7 +136,8 @@ class IngestReport:
     calendar_inserted: int = 0
     calendar_updated: int = 0
     calendar_error: str | None = None
-    run_error: str | None = None  # the run itself broke off (a crash or an interrupt)
+    run_error: str | None = None  # the run itself broke off (a crash, an interrupt, a deadline)
+    abandoned: list[str] = field(default_factory=list)  # earlier runs this one closed
 
     @property
     def inserted(self) -> int:
@@ -109,6 +154,10 @@ class IngestReport:
     @property
     def rejected(self) -> int:
         return sum(t.rejected for t in self.tickers.values())
+
+    @property
+    def left_out(self) -> int:
+        return sum(t.left_before + t.left_after for t in self.tickers.values())
 
     @property
     def errors(self) -> dict[str, str]:
@@ -128,19 +177,40 @@ class IngestReport:
         return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
 
     def summary(self) -> str:
-        """A few human lines: status, totals, and each failure."""
+        """A few human lines: totals, each failure, and last the status and what to do."""
         took = ""
         if self.finished_at is not None:
             took = f" in {(self.finished_at - self.started_at).total_seconds():.1f} s"
         failed = sum(1 for t in self.tickers.values() if t.error)
+        left = f", {self.left_out} left out" if self.left_out else ""
         lines = [
-            f"ingest {self.run_id} from {self.source}: {self.status}{took}; "
+            f"ingest {self.run_id} from {self.source}{took}; "
             f"{len(self.tickers)} tickers ({failed} failed): {self.inserted} inserted, "
-            f"{self.updated} updated, {self.unchanged} unchanged, {self.rejected} rejected; "
-            f"calendar {self.calendar_inserted} inserted, {self.calendar_updated} updated"
+            f"{self.updated} updated, {self.unchanged} unchanged, {self.rejected} rejected"
+            f"{left}; calendar {self.calendar_inserted} inserted, {self.calendar_updated} updated"
         ]
+        lines.extend(f"  closed abandoned run {r}" for r in self.abandoned)
         lines.extend(f"  {k}: {v}" for k, v in self.errors.items())
+        lines.extend(
+            f"  {t.line()}"
+            for t in self.tickers.values()
+            if not t.error and (t.note or t.left_before or t.left_after)
+        )
+        lines.append(self.verdict())
         return "\n".join(lines)
+
+    def verdict(self) -> str:
+        """The last line: the status, and for anything but success what to do."""
+        if self.status == "success":
+            return f"ingest {self.status}"
+        if self.status == "aborted":
+            return f"ingest aborted: {self.run_error}; rerun the same command to resume"
+        failed = [t for t, r in self.tickers.items() if r.error]
+        which = f" ({', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''})" if failed else ""
+        return (
+            f"ingest {self.status}: {len(failed)} of {len(self.tickers)} failed{which}; "
+            "fix what the lines above name and rerun (what landed stays)"
+        )
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -152,25 +222,28 @@ def plan_ranges(
     start: dt.date | None,
     end: dt.date,
     history_start: dt.date,
+    reread_days: int = 0,
 ) -> list[tuple[dt.date, dt.date]]:
     """The date ranges to ask the source for, given a ticker's stored ``(first, last)`` dates.
 
     No history: ``start or history_start .. end``. With history and no explicit ``start``: the
-    days after the last stored one. With an explicit ``start`` inside the stored history: all of
+    days after the last stored one, and the ``reread_days`` calendar days up to it (vendors
+    revise recent bars). With an explicit ``start`` inside the stored history: all of
     ``start..end`` again (compared row by row, so only real corrections are written). With a
-    ``start`` before the stored history: only the missing earlier days, plus the new days.
+    ``start`` before the stored history: the missing earlier days, plus the days after it.
     """
     one = dt.timedelta(days=1)
     if stored is None:
         ranges = [(start or history_start, end)]
     else:
         first, last = stored
+        recent = max(first, last + one - dt.timedelta(days=reread_days))
         if start is None:
-            ranges = [(last + one, end)]
+            ranges = [(recent, end)]
         elif start >= first:
-            ranges = [(start, end)]
+            ranges = [(min(start, recent), end)]
         else:
-            ranges = [(start, min(first - one, end)), (last + one, end)]
+            ranges = [(start, min(first - one, end)), (recent, end)]
     return [(a, b) for a, b in ranges if a <= b]
 
 
@@ -188,47 +261,123 @@ def ingest(
     calendar: TradingCalendar | None = None,
     progress: bool | None = None,
     exchange: str = DEFAULT_EXCHANGE,
+    today: dt.date | None = None,
+    reread_days: int = 0,
+    max_move: float = 1.0,
+    deadline_s: float | None = None,
+    abandon_after: dt.timedelta = DEFAULT_ABANDON_AFTER,
 ) -> IngestReport:
     """Fetch, validate and upsert bars for ``tickers`` (default: the source's universe).
 
-    ``end`` defaults to today in Shanghai. ``calendar`` overrides the calendar used to reject
-    bars on closed days (default: the database calendar after this run's calendar ingest, plus
-    weekends).
-    ``progress`` shows a tqdm bar (default: when stderr is a terminal and ``TQDM_DISABLE`` is
-    unset); otherwise each ticker is logged. Returns the report also written to ``ingest_runs``.
+    ``today`` (default: today in Shanghai) is the last date a bar may carry; ``end`` defaults to
+    it. ``reread_days`` calendar days before a ticker's last stored bar are fetched again from
+    a network source. ``max_move`` bounds one day's move where no exchange limit applies
+    (indices, other markets), as a fraction. ``deadline_s`` bounds the whole run: past it, the
+    ingest stops, keeps what landed and fails. A ``running`` run of another process with no
+    heartbeat for ``abandon_after`` is closed as ``abandoned`` first. ``calendar`` overrides
+    the calendar used to reject bars on closed days (default: the database calendar after this
+    run's calendar ingest, plus weekends). ``progress`` shows a tqdm bar (default: when stderr
+    is a terminal and ``TQDM_DISABLE`` is unset); otherwise each ticker is logged.
+
+    Returns the report also written to ``ingest_runs``. Raises :class:`InputError` for an empty
+    ticker list and a start after the end, and :class:`~forecasting.data.interrupts.Interrupted`
+    on SIGTERM or SIGINT, after recording the run as ``aborted``.
     """
-    end = end or trading_today(real_clock())
-    names = _unique(
-        t.strip().upper() for t in (tickers if tickers is not None else source.tickers())
-    )
+    today = today or trading_today(real_clock())
+    end = end or today
     if start is not None and start > end:
         raise InputError(f"ingest start {start} is after end {end}; swap them or drop start")
     if source.name == DEMO:
         with engine.connect() as conn:
             check_demo_target(conn)  # never synthetic bars in a real series
-    report = IngestReport(run_id=str(uuid.uuid4()), source=source.name, started_at=_now())
-    with engine.begin() as conn:
-        conn.execute(
-            insert(ingest_runs).values(
-                run_id=report.run_id,
-                started_at=report.started_at,
-                source=source.name,
-                tickers=json.dumps(names),
-                status="running",
-            )
+    deadline = None if deadline_s is None else time.monotonic() + deadline_s
+    if deadline_s is not None and hasattr(source, "set_deadline"):
+        source.set_deadline(deadline)  # network waits and retries end there too
+    with Interrupts() as guard:
+        names = _unique(
+            t.strip().upper() for t in (tickers if tickers is not None else source.tickers())
         )
-    try:
-        _run(engine, source, report, names, start, end, history_start, calendar, progress, exchange)
-    except BaseException as exc:
-        # Even a crash or Ctrl-C leaves an honest run row behind, never one stuck at "running".
-        report.status = "failed"
-        report.run_error = f"aborted: {type(exc).__name__}: {exc}"
-        _finish(engine, report)
-        raise
-    report.status = _status(report)
-    _finish(engine, report)
+        broken = _broken_files(source)
+        if not names and not broken:
+            raise InputError(
+                f"no tickers to ingest from {source.name}: pass --tickers (e.g. 600519.SH) or "
+                "set FORECASTING_TICKERS"
+            )
+        report = IngestReport(run_id=str(uuid.uuid4()), source=source.name, started_at=_now())
+        with guard.writing(), engine.begin() as conn:
+            report.abandoned = close_abandoned(conn, report.started_at - abandon_after)
+            conn.execute(
+                insert(ingest_runs).values(
+                    run_id=report.run_id,
+                    started_at=report.started_at,
+                    heartbeat_at=report.started_at,
+                    source=source.name,
+                    tickers=json.dumps(names),
+                    status="running",
+                )
+            )
+        plan = _Plan(start, end, today, history_start, reread_days, max_move, deadline, deadline_s)
+        try:
+            for file, why in broken.items():
+                report.tickers[file] = TickerReport(file, error=why)
+            _run(engine, source, report, names, plan, calendar, progress, exchange, guard)
+        except BaseException as exc:
+            # Even a crash, a kill or Ctrl-C leaves an honest run row, never one left "running".
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            report.status = "aborted" if interrupted else "failed"
+            why = str(exc) if isinstance(exc, Interrupted) else f"{type(exc).__name__}: {exc}"
+            done = sum(1 for t in report.tickers.values() if not t.error)
+            report.run_error = (
+                f"{why} after {done} of {len(names)} tickers" if interrupted else f"crashed: {why}"
+            )
+            with guard.writing():
+                _finish(engine, report)
+            log.error("%s", report.summary())
+            raise
+        report.status = _status(report)
+        with guard.writing():
+            _finish(engine, report)
     log.info("%s", report.summary())
     return report
+
+
+@dataclass(frozen=True)
+class _Plan:
+    start: dt.date | None
+    end: dt.date
+    today: dt.date
+    history_start: dt.date
+    reread_days: int
+    max_move: float
+    deadline: float | None
+    deadline_s: float | None
+
+
+def close_abandoned(conn: Connection, before: dt.datetime) -> list[str]:
+    """Mark ``running`` ingest runs with no heartbeat since ``before`` as ``abandoned``."""
+    c = ingest_runs.c
+    beat = c.heartbeat_at
+    stale = and_(
+        c.status == "running",
+        or_(beat < before, and_(beat.is_(None), c.started_at < before)),
+    )
+    rows = conn.execute(select(c.run_id, c.heartbeat_at, c.started_at).where(stale)).all()
+    for run_id, heartbeat, started in rows:
+        conn.execute(
+            update(ingest_runs)
+            .where(c.run_id == run_id)
+            .values(
+                status="abandoned",
+                finished_at=_now(),
+                error=(
+                    f"abandoned: no heartbeat since {heartbeat or started} (the process is gone); "
+                    "the counts are what it had committed"
+                ),
+            )
+        )
+    if rows:
+        log.warning("closed %d abandoned ingest run(s): %s", len(rows), [r[0] for r in rows])
+    return [r[0] for r in rows]
 
 
 def _run(
@@ -236,51 +385,70 @@ def _run(
     source: PriceSource,
     report: IngestReport,
     names: list[str],
-    start: dt.date | None,
-    end: dt.date,
-    history_start: dt.date,
+    plan: _Plan,
     calendar: TradingCalendar | None,
     progress: bool | None,
     exchange: str,
+    guard: Interrupts,
 ) -> None:
+    whole = _reads_whole(source)
     with engine.connect() as conn:
-        stored = stored_spans(conn, names)
-    plans = {
-        t: plan_ranges(stored.get(t), start=start, end=end, history_start=history_start)
-        for t in names
-    }
-    starts = [a for ranges in plans.values() for a, _ in ranges]
-    cal_start = min([*starts, end])
+        stored = stored_spans(conn, names, through=plan.today)
+    # A file is read whole; what lies outside start..end is counted when it comes back.
+    plans = {t: [_WHOLE] for t in names} if whole else _plans(names, stored, plan, plan.reread_days)
+    starts = [a for ranges in plans.values() for a, _ in ranges if a > _WHOLE[0]]
+    cal_start = min([*starts, *(s[0] for s in stored.values()), plan.end])
 
     try:
-        cal_frame = source.trading_calendar(cal_start, end + CALENDAR_AHEAD)
+        cal_frame = source.trading_calendar(cal_start, plan.end + CALENDAR_AHEAD)
         if cal_frame is not None and not cal_frame.empty:
-            report.calendar_inserted, report.calendar_updated = load_trade_cal(
-                engine, cal_frame, exchange, source=source.name
-            )
+            with guard.writing():
+                report.calendar_inserted, report.calendar_updated = load_trade_cal(
+                    engine, cal_frame, exchange, source=source.name
+                )
     except SourceError as exc:
         report.calendar_error = str(exc)
         log.error("ingest %s: trading calendar: %s", report.run_id, exc)
     if calendar is None:
-        calendar = TradingCalendar.load(engine, exchange, cal_start, end + CALENDAR_AHEAD)
-    # A whole-market source: reference data, and the increment by trade date when cheaper.
-    source = by_date_source(engine, source, plans, calendar)
+        calendar = TradingCalendar.load(engine, exchange, cal_start, plan.end + CALENDAR_AHEAD)
+    # A whole-market source: reference data, and the increment by trade date when cheaper. It
+    # is planned on the increments alone; a ticker it serves is not re-read (the re-read
+    # would cost the per-ticker calls the by-date path saves).
+    increments = plans if whole or not plan.reread_days else _plans(names, stored, plan, 0)
+    by_date = by_date_source(engine, source, increments, calendar)
+    covers = getattr(by_date, "covers", None)
+    if by_date is not source and callable(covers):
+        plans = {t: increments[t] if covers(t) else r for t, r in plans.items()}
+    source = by_date
 
     ingested_at = _now()
     bar = _progress_bar(names, progress)
-    for ticker in bar:
-        tr = TickerReport(ticker)
+    for n, ticker in enumerate(bar):
+        tr = TickerReport(ticker, whole=whole)
         report.tickers[ticker] = tr
+        if plan.deadline is not None and time.monotonic() > plan.deadline:
+            _stop_at_deadline(report, names[n:], plan)
+            return
         # A range of weekends and database holidays can hold no valid bar: don't ask.
-        tr.ranges = [(a, b) for a, b in plans[ticker] if calendar.may_trade_between(a, b)]
+        tr.ranges = [(a, b) for a, b in plans[ticker] if whole or calendar.may_trade_between(a, b)]
         if tr.ranges:
             try:
-                _ingest_ticker(engine, source, tr, calendar, report.run_id, ingested_at)
+                _ingest_ticker(
+                    engine,
+                    source,
+                    tr,
+                    calendar,
+                    report,
+                    ingested_at,
+                    plan,
+                    stored.get(ticker),
+                    guard,
+                )
             except Exception as exc:  # one ticker's failure must not lose the others
                 tr.error = (
                     str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
                 )
-                tr.inserted = tr.updated = tr.unchanged = tr.rejected = 0
+                tr.inserted = tr.updated = tr.unchanged = tr.rejected = tr.revised = 0
                 log.error(
                     "ingest %s: %s",
                     report.run_id,
@@ -291,6 +459,34 @@ def _run(
             bar.set_postfix_str(ticker)
         else:
             log.info("ingest %s", tr.line())
+    if plan.deadline is not None and time.monotonic() > plan.deadline:
+        _stop_at_deadline(report, [], plan)
+
+
+def _plans(
+    names: list[str], stored: dict[str, tuple[dt.date, dt.date]], plan: _Plan, reread_days: int
+) -> dict[str, list[tuple[dt.date, dt.date]]]:
+    return {
+        t: plan_ranges(
+            stored.get(t),
+            start=plan.start,
+            end=plan.end,
+            history_start=plan.history_start,
+            reread_days=reread_days,
+        )
+        for t in names
+    }
+
+
+def _stop_at_deadline(report: IngestReport, left: list[str], plan: _Plan) -> None:
+    for ticker in left:
+        report.tickers[ticker] = TickerReport(
+            ticker, error=f"not attempted: the run's deadline of {plan.deadline_s:g} s passed"
+        )
+    report.run_error = (
+        f"the deadline of {plan.deadline_s:g} s passed with {len(left)} tickers left; "
+        "raise the deadline (ingest_deadline_s) or ingest fewer tickers per run"
+    )
 
 
 def _ingest_ticker(
@@ -298,37 +494,149 @@ def _ingest_ticker(
     source: PriceSource,
     tr: TickerReport,
     calendar: TradingCalendar,
-    run_id: str,
+    report: IngestReport,
     ingested_at: dt.datetime,
+    plan: _Plan,
+    span: tuple[dt.date, dt.date] | None,
+    guard: Interrupts,
 ) -> None:
     # Network first, outside any transaction: a slow source must not hold database locks.
     parts = [source.fetch_bars(tr.ticker, a, b) for a, b in tr.ranges]
     parts = [p for p in parts if p is not None and not p.empty]
-    bars = pd.concat(parts, ignore_index=True) if parts else empty_bars()
+    bars = (
+        pd.concat(parts, ignore_index=True)
+        if len(parts) > 1
+        else (parts[0] if parts else empty_bars())
+    )
     tr.fetched = len(bars)
+    if bars.empty:
+        _nothing_back(tr, span)
+        if tr.error is None:  # the source answered for these days: its reference data stands
+            with guard.writing(), engine.begin() as conn:
+                _upsert_security(conn, source.security(tr.ticker))
+                _heartbeat(conn, report, extra=(0, 0, 0, 0))
+        return
+    if tr.whole:
+        bars = _leave_out(bars, tr, plan)
     security = source.security(tr.ticker)
-    clean, rejections = validate_bars(bars, tr.ticker, calendar)
-    with engine.begin() as conn:
+    with guard.writing(), engine.begin() as conn:
+        # The listing date (reference data in securities, where the source has it) exempts
+        # the first trading days from the price limit.
+        listed = conn.execute(
+            select(securities.c.list_date).where(securities.c.ticker == tr.ticker)
+        ).scalar()
+        checks = Checks(
+            ranges=None if tr.whole else tr.ranges,
+            today=plan.today,
+            max_move=plan.max_move,
+            listed=listed,
+        )
+        dates = [d for d in bars["trade_date"].tolist() if isinstance(d, dt.date)]
+        stored = read_stored(conn, tr.ticker, min(dates), max(dates)) if dates else None
+        clean, rejections = validate_bars(
+            bars, tr.ticker, calendar, checks, stored.context() if stored else None
+        )
         _upsert_security(conn, security)
         record_source(conn, tr.ticker, source.name)
-        tr.inserted, tr.updated, tr.unchanged = upsert_prices(
-            conn, tr.ticker, clean, source=source.name, ingested_at=ingested_at
+        done = upsert_prices(
+            conn,
+            tr.ticker,
+            clean,
+            source=source.name,
+            ingested_at=ingested_at,
+            run_id=report.run_id,
+            stored=stored,
         )
-        if rejections:
-            conn.execute(
-                insert(rejected_rows),
-                [
-                    {
-                        "run_id": run_id,
-                        "ticker": r.ticker,
-                        "trade_date": r.trade_date,
-                        "raw": json.dumps(r.raw, sort_keys=True),
-                        "reason": r.reason,
-                    }
-                    for r in rejections
-                ],
-            )
-    tr.rejected = len(rejections)
+        repeats = _record_rejections(conn, rejections, report.run_id)
+        inserted, updated, unchanged, revised = done
+        _heartbeat(conn, report, extra=(inserted, updated, unchanged, len(rejections)))
+    # Counted once committed: an interrupt before the commit leaves them out, as the database does.
+    tr.inserted, tr.updated, tr.unchanged, tr.revised = inserted, updated, unchanged, revised
+    tr.rejected, tr.rejected_before = len(rejections), repeats
+
+
+def _nothing_back(tr: TickerReport, span: tuple[dt.date, dt.date] | None) -> None:
+    """No rows: a failure unless the request only covered days after the stored history."""
+    asked = ", ".join(f"{a}..{b}" for a, b in tr.ranges)
+    if span is None:
+        tr.error = (
+            f"the source returned no bars for {tr.ticker} in {asked}: check the ticker "
+            "(is it a valid, listed code?) and the dates"
+        )
+    elif any(a <= span[1] for a, _ in tr.ranges):
+        tr.error = (
+            f"the source returned none of {tr.ticker}'s stored bars in {asked}: "
+            "it may have dropped the ticker; check it at the source"
+        )
+    else:
+        tr.note = "no new bars"
+
+
+def _leave_out(bars: pd.DataFrame, tr: TickerReport, plan: _Plan) -> pd.DataFrame:
+    """A whole file's rows before ``start`` or after ``end`` (up to today): counted, not loaded."""
+    days = bars["trade_date"]
+    dated = days.map(lambda d: isinstance(d, dt.date))
+    before = dated & (days < plan.start) if plan.start else dated & False
+    after = (
+        dated & (days > plan.end) & (days <= plan.today) if plan.end < plan.today else dated & False
+    )
+    if before.any():
+        tr.left_before, tr.first_left = int(before.sum()), min(days[before])
+    if after.any():
+        tr.left_after, tr.last_left = int(after.sum()), max(days[after])
+    if before.any() or after.any():
+        return bars.loc[~(before | after)].reset_index(drop=True)
+    return bars
+
+
+def _record_rejections(conn: Connection, rejections: list[Rejection], run_id: str) -> int:
+    """Store rejections not already on record; mark the repeats with this run. Returns how many
+    were repeats."""
+    if not rejections:
+        return 0
+    rows = []
+    for r in rejections:
+        raw = json.dumps(r.raw, sort_keys=True)
+        key = f"{r.ticker}|{r.trade_date}|{raw}|{r.reason}"
+        rows.append(
+            {
+                "run_id": run_id,
+                "last_run_id": run_id,
+                "ticker": r.ticker,
+                "trade_date": r.trade_date,
+                "raw": raw,
+                "reason": r.reason,
+                "fingerprint": hashlib.sha256(key.encode()).hexdigest(),
+            }
+        )
+    prints = list(dict.fromkeys(r["fingerprint"] for r in rows))
+    known: set[str] = set()
+    fp = rejected_rows.c.fingerprint
+    for i in range(0, len(prints), 500):
+        known.update(conn.execute(select(fp).where(fp.in_(prints[i : i + 500]))).scalars())
+    if known:
+        conn.execute(update(rejected_rows).where(fp.in_(sorted(known))).values(last_run_id=run_id))
+    fresh = [r for r in rows if r["fingerprint"] not in known]
+    if fresh:
+        conn.execute(insert(rejected_rows), fresh)
+    return len(rows) - len(fresh)
+
+
+def _heartbeat(conn: Connection, report: IngestReport, extra: tuple[int, int, int, int]) -> None:
+    """The run's counts so far (this ticker's included) and a fresh heartbeat, in the ticker's
+    transaction: a process killed outright leaves true counts behind."""
+    ins, upd, same, rej = extra
+    conn.execute(
+        update(ingest_runs)
+        .where(ingest_runs.c.run_id == report.run_id)
+        .values(
+            heartbeat_at=_now(),
+            rows_inserted=report.inserted + ins,
+            rows_updated=report.updated + upd,
+            rows_unchanged=report.unchanged + same,
+            rows_rejected=report.rejected + rej,
+        )
+    )
 
 
 def _upsert_security(conn: Connection, sec: Security) -> None:
@@ -352,7 +660,7 @@ def _upsert_security(conn: Connection, sec: Security) -> None:
 
 def _status(report: IngestReport) -> str:
     failed = sum(1 for t in report.tickers.values() if t.error)
-    if report.tickers and failed == len(report.tickers):
+    if report.run_error or (report.tickers and failed == len(report.tickers)):
         return "failed"
     if failed or report.calendar_error:
         return "failed" if not report.tickers else "partial"
@@ -367,6 +675,7 @@ def _finish(engine: Engine, report: IngestReport) -> None:
             .where(ingest_runs.c.run_id == report.run_id)
             .values(
                 finished_at=report.finished_at,
+                heartbeat_at=report.finished_at,
                 rows_inserted=report.inserted,
                 rows_updated=report.updated,
                 rows_unchanged=report.unchanged,
@@ -375,6 +684,18 @@ def _finish(engine: Engine, report: IngestReport) -> None:
                 error=report.error_text,
             )
         )
+
+
+def _reads_whole(source: PriceSource) -> bool:
+    """Whether the source is a local file: cheap to read, so compared whole every run."""
+    return bool(getattr(source, "reads_whole", False))
+
+
+def _broken_files(source: PriceSource) -> dict[str, str]:
+    """Files a file source could not read and whose ticker it cannot tell (each is recorded as
+    failed; the other files still land)."""
+    failures = getattr(source, "failures", None)
+    return dict(failures()) if callable(failures) else {}
 
 
 def _progress_bar(names: list[str], progress: bool | None) -> Iterable[str]:
@@ -393,3 +714,13 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+__all__ = [
+    "IngestReport",
+    "Interrupted",
+    "TickerReport",
+    "close_abandoned",
+    "ingest",
+    "plan_ranges",
+]

@@ -22,8 +22,18 @@ Board = Literal["main", "chinext", "star", "bse", "other"]
 #: Trading days after listing without a price limit (the listing day is day 1).
 NO_LIMIT_DAYS = 5
 
+#: Calendar days of suspension after which trading may resume without the usual limit (the
+#: share-structure reform of 2005-06 and restructurings resumed that way); the ingest then
+#: bounds the move by its general plausibility limit instead.
+RESUMPTION_GAP_DAYS = 14
+#: After a suspension this long (a relisting, a major restructuring) the first day has no limit.
+RELISTING_GAP_DAYS = 90
+
 #: The ST limit on the main boards; ChiNext and STAR ST stocks keep their board's limit.
 ST_LIMIT = 0.05
+
+#: Shanghai and Shenzhen have limited daily moves since this day; before it there were none.
+LIMITS_FROM = dt.date(1996, 12, 16)
 
 #: ChiNext moved from 10% to 20% on this day (the registration-system reform).
 CHINEXT_20PCT_FROM = dt.date(2020, 8, 24)
@@ -84,7 +94,7 @@ def daily_limit(
     if trading_day_since_listing is not None and trading_day_since_listing <= NO_LIMIT_DAYS:
         return None
     board = board_of(ticker)
-    if board == "other":
+    if board == "other" or (board != "bse" and on < LIMITS_FROM):
         return None
     if board == "main" and st:
         return ST_LIMIT

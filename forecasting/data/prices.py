@@ -1,7 +1,8 @@
 """The ``prices`` table: validated bars written in, closes read back point in time.
 
 :func:`upsert_prices` compares a batch with the stored rows in one query and writes only what is
-new or really changed, so writing the same bars twice changes nothing. :func:`load_closes` never reads a row after ``through``: the cutoff is in the SQL, so nothing a
+new or really changed, so writing the same bars twice changes nothing; a blank never replaces a
+stored value, and every change is recorded in ``revisions``. :func:`load_closes` never reads a row after ``through``: the cutoff is in the SQL, so nothing a
 model or a scaler sees can come from the future of its as-of date. Split adjustment is computed
 at read time from ``adj_factor`` (forward-adjusted as of ``through``), never stored, because a
 forward-adjusted history changes every time a new split arrives.
@@ -15,12 +16,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import String, and_, bindparam, func, select, type_coerce, update
+from sqlalchemy import String, and_, bindparam, func, insert, select, type_coerce, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from forecasting.data.schema import prices, securities
+from forecasting.data.price_limits import NO_LIMIT_DAYS
+from forecasting.data.schema import prices, revisions, securities
 from forecasting.data.sources.base import VALUE_COLUMNS
+from forecasting.data.validation import Stored
 
 
 def load_closes(
@@ -131,6 +134,63 @@ def last_price_dates(conn: Connection) -> dict[str, dt.date]:
 # written; any difference beyond rounding noise is a real correction from the source.
 RTOL = 1e-9
 ATOL = 1e-12
+#: New rows go to the driver this many at a time, so a million-row file needs no million tuples.
+INSERT_CHUNK = 20_000
+
+
+class StoredRows(NamedTuple):
+    """A ticker's stored bars from a few before ``lo`` through ``hi``, oldest first."""
+
+    dates: list[dt.date]
+    values: np.ndarray  # [n, len(VALUE_COLUMNS)] float64, NULL as NaN
+    n_before: int  # stored bars before ``dates[0]``: 0, or at least NO_LIMIT_DAYS
+
+    def context(self) -> Stored:
+        """What the plausibility check needs: dates, closes and factors."""
+        close = VALUE_COLUMNS.index("close")
+        factor = VALUE_COLUMNS.index("adj_factor")
+        bars = pd.DataFrame(
+            {
+                "trade_date": pd.Series(self.dates, dtype=object),
+                "close": self.values[:, close] if len(self.dates) else np.empty(0),
+                "adj_factor": self.values[:, factor] if len(self.dates) else np.empty(0),
+            }
+        )
+        return Stored(bars, self.n_before)
+
+
+def read_stored(conn: Connection, ticker: str, lo: dt.date, hi: dt.date) -> StoredRows:
+    """The stored bars of ``ticker`` in ``lo..hi``, and the few before ``lo`` that the
+    plausibility check compares the first of them with (listing days included)."""
+    c = prices.c
+    cols = (c.trade_date, *(c[k] for k in VALUE_COLUMNS))
+    before = conn.execute(
+        select(*cols)
+        .where(and_(c.ticker == ticker, c.trade_date < lo))
+        .order_by(c.trade_date.desc())
+        .limit(NO_LIMIT_DAYS + 1)
+    ).all()
+    n_before = 0
+    if len(before) > NO_LIMIT_DAYS:  # there is history before these: bar numbers are >= 2
+        before, n_before = before[:NO_LIMIT_DAYS], NO_LIMIT_DAYS
+    inside = conn.execute(
+        select(*cols)
+        .where(and_(c.ticker == ticker, c.trade_date >= lo, c.trade_date <= hi))
+        .order_by(c.trade_date)
+    ).all()
+    rows = [*reversed(before), *inside]
+    if not rows:
+        return StoredRows([], np.empty((0, len(VALUE_COLUMNS))), 0)
+    # Plain columns, not a DataFrame of Row objects: building one costs more than the query.
+    dates, *values = zip(*rows, strict=True)
+    return StoredRows(list(dates), np.array(values, dtype="float64").T, n_before)
+
+
+class Upserted(NamedTuple):
+    inserted: int
+    updated: int
+    unchanged: int
+    revisions: int
 
 
 def upsert_prices(
@@ -140,52 +200,75 @@ def upsert_prices(
     *,
     source: str,
     ingested_at: dt.datetime,
-) -> tuple[int, int, int]:
-    """Write validated bars (one per date) for ``ticker``; returns (inserted, updated, unchanged).
+    run_id: str,
+    stored: StoredRows | None = None,
+) -> Upserted:
+    """Write validated bars (one per date) for ``ticker``; never overwrite good with worse.
 
-    Stored rows for the batch's date range are read in one query and compared in numpy; rows
-    within :data:`RTOL` of what is stored are not written at all. The caller owns the
-    transaction.
+    New dates are inserted. For a stored date, a blank (NaN) incoming value keeps the stored
+    one; values within :data:`RTOL` of what is stored count as unchanged and are not written
+    at all; every other change is applied and recorded in ``revisions`` (column, old value,
+    new value, ``run_id``). ``stored`` (from :func:`read_stored`) saves reading them again.
+    The caller owns the transaction.
     """
     if clean.empty:
-        return 0, 0, 0
+        return Upserted(0, 0, 0, 0)
     lo, hi = clean["trade_date"].iloc[0], clean["trade_date"].iloc[-1]
-    c = prices.c
-    rows = conn.execute(
-        select(c.trade_date, *(c[k] for k in VALUE_COLUMNS)).where(
-            and_(c.ticker == ticker, c.trade_date >= lo, c.trade_date <= hi)
-        )
-    ).all()
+    if stored is None:
+        stored = read_stored(conn, ticker, lo, hi)
     pos = np.full(len(clean), -1)
-    if rows:
-        # Plain columns, not a DataFrame of Row objects: building one costs more than the query.
-        stored_dates, *stored_values = zip(*rows, strict=True)
-        stored = np.array(stored_values, dtype="float64").T  # [n_stored, 7]; NULL -> NaN
-        pos = pd.Index(stored_dates).get_indexer(clean["trade_date"].tolist())
+    if stored.dates:
+        pos = pd.Index(stored.dates).get_indexer(pd.Index(clean["trade_date"].tolist()))
     is_new = pos < 0
+    incoming = clean[list(VALUE_COLUMNS)].to_numpy(dtype="float64", copy=True)  # [n, 7]
     same = np.zeros(len(clean), dtype=bool)
-    if rows and (~is_new).any():
-        old = stored[pos[~is_new]]  # [n_matched, 7]
-        new = clean[list(VALUE_COLUMNS)].to_numpy(dtype="float64")[~is_new]  # [n_matched, 7]
-        same[~is_new] = np.isclose(new, old, rtol=RTOL, atol=ATOL, equal_nan=True).all(axis=1)
+    revised: list[dict[str, Any]] = []
+    if (~is_new).any():
+        old = stored.values[pos[~is_new]]  # [n_matched, 7]
+        new = incoming[~is_new]  # [n_matched, 7]
+        new = np.where(np.isnan(new), old, new)  # a blank never replaces a stored value
+        close = np.isclose(new, old, rtol=RTOL, atol=ATOL, equal_nan=True)  # [n_matched, 7]
+        same[~is_new] = close.all(axis=1)
+        incoming[~is_new] = new
+        matched_dates = clean["trade_date"].to_numpy()[~is_new]
+        for i, j in zip(*np.nonzero(~close), strict=True):
+            revised.append(
+                {
+                    "run_id": run_id,
+                    "ticker": ticker,
+                    "trade_date": matched_dates[i],
+                    "column_name": VALUE_COLUMNS[j],
+                    "old_value": None if np.isnan(old[i, j]) else float(old[i, j]),
+                    "new_value": float(new[i, j]),
+                    "source": source,
+                    "revised_at": ingested_at,
+                }
+            )
     changed = ~is_new & ~same
 
-    inserts = clean[is_new]
-    if not inserts.empty:
-        _bulk_insert(conn, ticker, inserts, source, ingested_at)
+    if is_new.any():
+        inserts = clean.loc[is_new]
+        for lo_row in range(0, len(inserts), INSERT_CHUNK):  # bounded memory for big batches
+            _bulk_insert(
+                conn, ticker, inserts.iloc[lo_row : lo_row + INSERT_CHUNK], source, ingested_at
+            )
     if changed.any():
-        params = _records(clean.loc[changed, ["trade_date", *VALUE_COLUMNS]])
+        merged = pd.DataFrame(incoming[changed], columns=list(VALUE_COLUMNS))
+        merged.insert(0, "trade_date", clean["trade_date"].to_numpy()[changed])
+        params = _records(merged)
         for p in params:
             p["b_date"] = p.pop("trade_date")
             p["source"] = source
             p["ingested_at"] = ingested_at
+        c = prices.c
         conn.execute(
             update(prices)
             .where(and_(c.ticker == ticker, c.trade_date == bindparam("b_date")))
             .values({k: bindparam(k) for k in (*VALUE_COLUMNS, "source", "ingested_at")}),
             params,
         )
-    return int(is_new.sum()), int(changed.sum()), int(same.sum())
+        conn.execute(insert(revisions), revised)
+    return Upserted(int(is_new.sum()), int(changed.sum()), int(same.sum()), len(revised))
 
 
 def _bulk_insert(
@@ -249,14 +332,20 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return obj.where(frame.notna(), None).to_dict("records")  # type: ignore[return-value]
 
 
-def stored_spans(conn: Connection, tickers: list[str]) -> dict[str, tuple[dt.date, dt.date]]:
-    """The first and last stored trade date of each of ``tickers`` that has rows."""
+def stored_spans(
+    conn: Connection, tickers: list[str], *, through: dt.date | None = None
+) -> dict[str, tuple[dt.date, dt.date]]:
+    """The first and last stored trade date of each of ``tickers`` that has rows (on or before
+    ``through``: a future row stored by an older version must not stop new days coming in)."""
     if not tickers:
         return {}
     c = prices.c
+    where: ColumnElement[bool] = c.ticker.in_(tickers)
+    if through is not None:
+        where = and_(where, c.trade_date <= through)
     rows = conn.execute(
         select(c.ticker, func.min(c.trade_date), func.max(c.trade_date))
-        .where(c.ticker.in_(tickers))
+        .where(where)
         .group_by(c.ticker)
     ).all()
     return {t: (lo, hi) for t, lo, hi in rows}

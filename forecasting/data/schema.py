@@ -104,8 +104,12 @@ ingest_runs = Table(
     Column("rows_updated", Integer, nullable=False, server_default="0"),
     Column("rows_unchanged", Integer, nullable=False, server_default="0"),
     Column("rows_rejected", Integer, nullable=False, server_default="0"),
-    Column("status", String(16), nullable=False),  # running | success | partial | failed
+    # running | success | partial | failed | aborted (SIGTERM/SIGINT) | abandoned (process gone)
+    Column("status", String(16), nullable=False),
     Column("error", Text),
+    # Written with every ticker's commit (with the counts so far): a "running" row whose
+    # heartbeat is old belongs to a process that is gone, and the next ingest closes it.
+    Column("heartbeat_at", DateTime(timezone=True)),
 )
 
 rejected_rows = Table(
@@ -115,8 +119,29 @@ rejected_rows = Table(
     Column("run_id", String(36), ForeignKey("ingest_runs.run_id"), nullable=False),
     Column("ticker", String(32), nullable=False),
     Column("trade_date", Date),
-    Column("raw", Text, nullable=False),  # JSON of the values the source sent
+    Column("raw", Text, nullable=False),  # JSON of the values (and raw text) the source sent
     Column("reason", Text, nullable=False),
+    # sha256 of ticker, date, raw and reason: the same row refused again is not stored twice;
+    # its row records the last run that refused it instead.
+    Column("fingerprint", String(64)),
+    Column("last_run_id", String(36)),
+    Index("ix_rejected_rows_fingerprint", "fingerprint"),
+)
+
+# Every change to a stored price value: what it was, what it became, and the ingest that did it.
+revisions = Table(
+    "revisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(36), ForeignKey("ingest_runs.run_id"), nullable=False),
+    Column("ticker", String(32), nullable=False),
+    Column("trade_date", Date, nullable=False),
+    Column("column_name", String(32), nullable=False),  # open | high | ... | adj_factor
+    Column("old_value", Float),
+    Column("new_value", Float),
+    Column("source", String(32), nullable=False),
+    Column("revised_at", DateTime(timezone=True), nullable=False),
+    Index("ix_revisions_ticker_date", "ticker", "trade_date"),
 )
 
 model_versions = Table(
@@ -338,6 +363,10 @@ def _add_missing_columns(conn: Connection) -> None:
                 )
             kind = column.type.compile(dialect=conn.dialect)
             conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+    # An index on a column added above (create_all makes indexes only with their table).
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
 
 
 def _view_columns(conn: Connection, name: str) -> set[str] | None:

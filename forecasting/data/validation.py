@@ -1,24 +1,54 @@
 """Validation of a source's bars, pure: clean rows, and rejections that say why.
 
 A source passes on what it was sent (:mod:`forecasting.data.sources.base`); this is where a bar
-is refused: a missing date, bars for another ticker, a NaN or non-positive close, high below
-low, conflicting duplicate dates, a bar on a day the exchange is certainly closed. Nothing here
-touches the database: the ingest (:mod:`forecasting.data.ingest`) stores the clean rows
-(:func:`forecasting.data.prices.upsert_prices`) and the rejections (``rejected_rows``).
+is refused, at the boundary, before anything is stored:
+
+* **what it is**: a row the source could not parse (its ``problem`` column, with the raw text
+  kept), a missing date, bars for another ticker, conflicting copies of one date;
+* **when it is**: a date outside the range that was asked for, after today at the exchange, or
+  on a day the exchange is certainly closed;
+* **its values**: a missing or non-positive close, any value that is not finite, a negative
+  open, high, low, volume or amount, open/close outside low..high;
+* **its move**: a close further from the previous close than the exchange allows
+  (:mod:`forecasting.data.price_limits`, by board; first trading days after listing exempt), or
+  for indices and other markets further than :attr:`Checks.max_move`, unless an ``adj_factor``
+  change explains it. The previous close is the stored one where the batch starts.
+
+Nothing here touches the database: the ingest (:mod:`forecasting.data.ingest`) stores the clean
+rows (:func:`forecasting.data.prices.upsert_prices`) and the rejections (``rejected_rows``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from forecasting.data.calendar import TradingCalendar
+from forecasting.data.price_limits import (
+    NO_LIMIT_DAYS,
+    PRICE_TICK,
+    RELISTING_GAP_DAYS,
+    RESUMPTION_GAP_DAYS,
+    daily_limit,
+)
 from forecasting.data.sources.base import BAR_COLUMNS, VALUE_COLUMNS, SourceError, empty_bars
+
+#: Optional columns a source may add: why it could not parse a row, and the row's raw text.
+PROBLEM_COLUMN = "problem"
+RAW_TEXT_COLUMN = "raw_text"
+
+#: Slack on a price-limit bound: two fen, plus 0.6% for adjusted (qfq/hfq) histories whose
+#: prices were each rounded to the fen after scaling (a real limit day must never look wrong).
+LIMIT_ABS_TOL = 2 * PRICE_TICK
+LIMIT_REL_TOL = 0.006
+#: Slack on low <= open, close <= high: float noise only.
+OHLC_REL_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -31,16 +61,62 @@ class Rejection:
     reason: str
 
 
+@dataclass(frozen=True)
+class Checks:
+    """What a batch is checked against beyond its own values.
+
+    Args:
+        ranges: the date ranges that were asked for; a row outside all of them is rejected
+            (None: any date).
+        today: today at the exchange; a row after it is rejected (None: no such check).
+        max_move: for indices and markets without exchange limits, the largest one-day move
+            as a fraction: a close above ``(1 + max_move)`` times the previous one, or below
+            it divided by that, is implausible.
+        listed: the listing date, when known: the first trading days after it are exempt
+            from the price limit. Unknown, the first bars of the ticker's history are.
+        st: apply the 5% ST limit on the main boards (only when the name is known for the
+            dates checked; a current ST name says nothing about last year).
+    """
+
+    ranges: Sequence[tuple[dt.date, dt.date]] | None = None
+    today: dt.date | None = None
+    max_move: float = 1.0
+    listed: dt.date | None = None
+    st: bool = False
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The stored bars a batch continues: ``trade_date, close, adj_factor`` oldest first, from
+    up to :data:`~forecasting.data.price_limits.NO_LIMIT_DAYS` bars before the batch to its end,
+    and how many stored bars precede those (to tell listing days)."""
+
+    bars: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(
+            {
+                "trade_date": pd.Series(dtype=object),
+                "close": pd.Series(dtype="float64"),
+                "adj_factor": pd.Series(dtype="float64"),
+            }
+        )
+    )
+    n_before: int = 0
+
+
 def validate_bars(
-    bars: pd.DataFrame, ticker: str, calendar: TradingCalendar | None = None
+    bars: pd.DataFrame,
+    ticker: str,
+    calendar: TradingCalendar | None = None,
+    checks: Checks | None = None,
+    stored: Stored | None = None,
 ) -> tuple[pd.DataFrame, list[Rejection]]:
     """Split a source's bars into clean rows (one per date, oldest first) and rejections.
 
-    Rejected: a missing date; bars for another ticker; NaN, zero or negative close; high below
-    low; every copy of a date whose copies disagree (exact copies collapse to one); a date that
-    is a weekend or closed per the calendar's database rows. Fallback calendars only guess, so a
-    weekday they call closed is not grounds for refusing a real bar.
+    Every rule of the module docstring applies; a date that only a fallback calendar calls
+    closed is not grounds for refusing a real bar (it guesses). Exact copies of a row collapse
+    to one (a bad one is recorded once).
     """
+    checks = checks or Checks()
     missing = set(BAR_COLUMNS) - set(bars.columns)
     if missing:
         raise SourceError(
@@ -49,7 +125,8 @@ def validate_bars(
         )
     if bars.empty:
         return empty_bars(), []
-    raw = bars.loc[:, list(BAR_COLUMNS)].reset_index(drop=True)
+    bars = bars.reset_index(drop=True)
+    raw = bars.loc[:, list(BAR_COLUMNS)]
     frame = raw.copy()
     frame["trade_date"] = _as_dates(frame["trade_date"])
     for col in VALUE_COLUMNS:
@@ -63,23 +140,29 @@ def validate_bars(
         for i in np.flatnonzero(mask):
             reasons.setdefault(int(i), []).append(make(int(i)))
 
+    problems = _texts(bars, PROBLEM_COLUMN)
+    if problems is not None:
+        flag(problems.notna().to_numpy(), lambda i: str(problems.iat[i]))
     no_date = frame["trade_date"].isna().to_numpy()
     dates: list[dt.date | None] = frame["trade_date"].tolist()
     if no_date.any():
         dates = [None if missing else d for d, missing in zip(dates, no_date, strict=True)]
-    flag(no_date, lambda i: "the row has no trade_date")
+        parse = np.zeros(len(frame), dtype=bool) if problems is None else problems.notna()
+        flag(no_date & ~np.asarray(parse), lambda i: "the row has no trade_date")
     other = (frame["ticker"].astype("object") != ticker).to_numpy()
     flag(other, lambda i: f"the source returned it for ticker {frame['ticker'].iat[i]!r}")
 
     # Duplicates: exact copies collapse to one; a date whose copies disagree loses every
     # version, since nothing says which one is right.
-    key_cols = ["trade_date", *VALUE_COLUMNS]
+    # A row under another ticker is that ticker's business: it neither collapses into nor
+    # conflicts with the asked ticker's row for the same date.
+    key_cols = ["ticker", "trade_date", *VALUE_COLUMNS]
     exact_dup = frame.duplicated(subset=key_cols, keep="first").to_numpy()
-    distinct = frame.loc[~exact_dup & ~no_date, "trade_date"]
+    distinct = frame.loc[~exact_dup & ~no_date & ~other, "trade_date"]
     versions: dict[Any, int] = distinct.value_counts().to_dict()
     conflict_dates = {d for d, n in versions.items() if n > 1}
     conflict = (
-        np.array([d in conflict_dates for d in dates], dtype=bool)
+        np.array([d in conflict_dates for d in dates], dtype=bool) & ~other
         if conflict_dates
         else np.zeros(len(frame), dtype=bool)
     )
@@ -88,14 +171,28 @@ def validate_bars(
         lambda i: f"the source sent {versions[dates[i]]} different rows for this date",
     )
 
-    close = frame["close"].to_numpy()
-    flag(np.isnan(close), lambda i: "close is missing (NaN)")
-    flag(~np.isnan(close) & (close <= 0), lambda i: f"close is {close[i]:g}, not a positive price")
-    high, low = frame["high"].to_numpy(), frame["low"].to_numpy()
-    flag(high < low, lambda i: f"high {high[i]:g} is below low {low[i]:g}")
+    _check_values(frame, problems, flag)
 
     has_date = ~no_date
     if has_date.any():
+        day = np.array(
+            [np.datetime64("NaT") if d is None else np.datetime64(d, "D") for d in dates]
+        )  # [N] datetime64[D]
+        if checks.today is not None:
+            today = checks.today
+            flag(
+                has_date & (day > np.datetime64(today, "D")),
+                lambda i: f"{dates[i]} is after today ({today} at the exchange)",
+            )
+        if checks.ranges is not None:
+            asked = np.zeros(len(frame), dtype=bool)
+            for a, b in checks.ranges:
+                asked |= (day >= np.datetime64(a, "D")) & (day <= np.datetime64(b, "D"))
+            shown = ", ".join(f"{a}..{b}" for a, b in checks.ranges) or "nothing"
+            flag(
+                has_date & ~asked,
+                lambda i: f"{dates[i]} is outside the dates asked for ({shown})",
+            )
         cal = calendar or TradingCalendar(use_xshg=False)
         closed = np.zeros(len(frame), dtype=bool)
         closed[has_date] = cal.known_closed_mask([d for d in dates if d is not None])
@@ -103,12 +200,18 @@ def validate_bars(
 
     bad = np.zeros(len(frame), dtype=bool)
     bad[list(reasons)] = True
-    # Exact copies of a bad row are recorded once, like exact copies of a good one are stored once.
+    # The move is judged last, on the rows that passed everything else, against the stored
+    # history they continue (a bad row must not become another row's previous close).
+    good = np.flatnonzero(~bad & ~exact_dup)
+    for i, why in _implausible(frame, good, ticker, checks, stored or Stored()).items():
+        reasons.setdefault(i, []).append(why)
+        bad[i] = True
+
     rejections = [
         Rejection(
             ticker=ticker,
             trade_date=dates[i],
-            raw=_raw_json(raw.iloc[i]),
+            raw=_raw_json(raw.iloc[i], _texts(bars, RAW_TEXT_COLUMN), i),
             reason=_sentence(ticker, dates[i], reasons[i]),
         )
         for i in np.flatnonzero(bad & ~exact_dup).tolist()
@@ -116,6 +219,170 @@ def validate_bars(
     clean = frame[~bad & ~exact_dup].sort_values("trade_date", ignore_index=True)
     clean["ticker"] = ticker
     return clean, rejections
+
+
+def _check_values(frame: pd.DataFrame, problems: pd.Series | None, flag: Any) -> None:
+    """Finite, positive prices, non-negative volume and amount, open/close within low..high."""
+    values = {c: frame[c].to_numpy() for c in VALUE_COLUMNS}  # each [N] float64
+    close = values["close"]
+    unparsed = np.zeros(len(frame), dtype=bool) if problems is None else problems.notna()
+    # A close the source could not read is already explained by its problem text.
+    flag(np.isnan(close) & ~np.asarray(unparsed), lambda i: "close is missing (NaN)")
+    for col, v in values.items():
+        flag(np.isinf(v), lambda i, col=col, v=v: f"{col} is {v[i]:g}, not a finite number")
+    for col in ("open", "high", "low", "close", "adj_factor"):
+        v = values[col]
+        flag(
+            np.isfinite(v) & (v <= 0),
+            lambda i, col=col, v=v: f"{col} is {v[i]:g}, not a positive price",
+        )
+    for col in ("volume", "amount"):
+        v = values[col]
+        flag(np.isfinite(v) & (v < 0), lambda i, col=col, v=v: f"{col} is {v[i]:g}, below 0")
+    high, low = values["high"], values["low"]
+    flag(high < low, lambda i: f"high {high[i]:g} is below low {low[i]:g}")
+    ok_range = np.isfinite(high) & np.isfinite(low) & (high >= low)
+    for col in ("open", "close"):
+        v = values[col]
+        slack = OHLC_REL_TOL * np.abs(v)
+        flag(
+            ok_range & np.isfinite(v) & ((v > high + slack) | (v < low - slack)),
+            lambda i, col=col, v=v: (
+                f"{col} {v[i]:g} is outside low..high ({low[i]:g}..{high[i]:g})"
+            ),
+        )
+
+
+def _implausible(
+    frame: pd.DataFrame, good: np.ndarray, ticker: str, checks: Checks, stored: Stored
+) -> dict[int, str]:
+    """Rows of ``frame`` (among ``good``) whose close cannot follow the previous accepted close.
+
+    The series is the stored bars with the batch's good rows in their place. Each good row is
+    compared with the last accepted close before it, ``k`` bars back: the exchange allows at
+    most ``(1 + limit) ** k`` up and ``(1 - limit) ** k`` down over k bars, so a single bad
+    row is refused without taking the rows after it down too.
+    """
+    if len(good) == 0:
+        return {}
+    mine = pd.DataFrame(
+        {
+            "trade_date": frame["trade_date"].to_numpy()[good],
+            "close": frame["close"].to_numpy()[good],
+            "adj_factor": frame["adj_factor"].to_numpy()[good],
+            "row": good,
+        }
+    )
+    theirs = stored.bars.loc[~stored.bars["trade_date"].isin(set(mine["trade_date"]))]
+    series = pd.concat(
+        [theirs.assign(row=-1), mine] if len(theirs) else [mine], ignore_index=True
+    ).sort_values("trade_date", kind="stable", ignore_index=True)
+    close = series["close"].to_numpy(dtype="float64")  # [S]
+    factor = series["adj_factor"].to_numpy(dtype="float64")  # [S]
+    rows = series["row"].to_numpy()  # [S], -1 for stored
+    days = series["trade_date"].tolist()
+    # Bar number since the start of the known history (1 = first): listing days are exempt.
+    number = stored.n_before + np.arange(1, len(series) + 1)  # [S]
+    exempt = _listing_exempt(days, number, checks.listed)
+
+    ordinal = np.array([d.toordinal() for d in days])  # [S]
+    limit = _limits(ticker, days, checks)  # [S] the exchange limit, NaN where none
+    # Fast path: every move within one bar's bound of its predecessor.
+    # A move is explained when either the raw close or the split-free close (close times
+    # adj_factor, where both days have one) stays within the bound.
+    level = np.where(np.isfinite(factor), close * factor, close)  # [S]
+    both = np.isfinite(factor[1:]) & np.isfinite(factor[:-1])
+    raw = close[1:] / close[:-1]  # [S-1]
+    adjusted = np.where(both, level[1:] / level[:-1], raw)  # [S-1]
+    up, down = _bounds(limit[1:], ordinal[1:] - ordinal[:-1], checks.max_move)  # [S-1] each
+    slack = (LIMIT_ABS_TOL + LIMIT_REL_TOL * close[:-1]) / close[:-1]  # [S-1] as a fraction
+
+    def beyond(ratio: np.ndarray) -> np.ndarray:
+        out: np.ndarray = (ratio > 1 + up + slack) | (ratio < 1 - down - slack)
+        return out
+
+    over = beyond(raw) & beyond(adjusted)
+    suspect = over & (rows[1:] >= 0) & ~exempt[1:]
+    if not suspect.any():
+        return {}
+    first = int(np.flatnonzero(suspect)[0]) + 1  # series index of the first suspect bar
+    out: dict[int, str] = {}
+    last = first - 1  # the last accepted bar: everything before the first suspect is
+    for j in range(first, len(series)):
+        if rows[j] < 0 or exempt[j]:
+            last = j
+            continue
+        k = j - last
+        r = close[j] / close[last]
+        r_adj = level[j] / level[last] if np.isfinite(factor[j] * factor[last]) else r
+        u, dn = (
+            float(x[0])
+            for x in _bounds(limit[j : j + 1], ordinal[j : j + 1] - ordinal[last], checks.max_move)
+        )
+        tol = (LIMIT_ABS_TOL + LIMIT_REL_TOL * close[last]) / close[last]
+        lo, hi = (1 - dn) ** k - tol, (1 + u) ** k + tol
+        if lo <= r <= hi or lo <= r_adj <= hi:
+            last = j
+            continue
+        explained = f" ({r_adj - 1:+.1%} after adj_factor)" if r_adj != r else ""
+        bound = (
+            f"the {u:.0%} daily limit of {ticker}"
+            if u == limit[j]
+            else f"the {checks.max_move:.0%} plausibility bound (max_move)"
+        )
+        out[int(rows[j])] = (
+            f"close {close[j]:g} moved {r - 1:+.1%}{explained} from {close[last]:g} on "
+            f"{days[last]}, beyond {bound} over {k} trading day{'s' if k > 1 else ''}: "
+            "implausible (a unit or data error?)"
+        )
+    return out
+
+
+def _limits(ticker: str, days: list[dt.date], checks: Checks) -> np.ndarray:
+    """The exchange's daily limit per day as a fraction [S]; NaN where it sets none."""
+
+    def of(day: dt.date) -> float:
+        limit = daily_limit(ticker, day, st=checks.st)
+        return np.nan if limit is None else limit
+
+    if not days:
+        return np.empty(0)
+    first, last = of(days[0]), of(days[-1])
+    if first == last or (np.isnan(first) and np.isnan(last)):  # rules change on few dates
+        return np.full(len(days), first)
+    return np.array([of(d) for d in days])
+
+
+def _bounds(
+    limit: np.ndarray, gap_days: np.ndarray, max_move: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Largest up and down fraction per bar: the exchange limit, else ``max_move``; after a
+    long suspension the exchange may resume without a limit, so ``max_move`` there, and none
+    after a suspension of 90 days or more (a relisting, a restructuring)."""
+    free_up, free_down = max_move, 1 - 1 / (1 + max_move)  # (1 + m) times up, 1/(1 + m) down
+    resumed = gap_days > RESUMPTION_GAP_DAYS
+    loose = np.isnan(limit) | resumed
+    up = np.where(loose, free_up, limit)
+    down = np.where(loose, free_down, limit)
+    relisted = gap_days >= RELISTING_GAP_DAYS
+    return np.where(relisted, np.inf, up), np.where(relisted, 1.0, down)
+
+
+def _listing_exempt(days: list[dt.date], number: np.ndarray, listed: dt.date | None) -> np.ndarray:
+    """The first trading days after listing: known from ``listed`` (within a week of the
+    history's start), else taken to be the first bars of the history."""
+    first = number <= NO_LIMIT_DAYS
+    if listed is None or not days:
+        return first
+    starts_at_listing = days[0] - listed <= dt.timedelta(days=7) and number[0] == 1
+    return first if starts_at_listing else np.zeros(len(days), dtype=bool)
+
+
+def _texts(bars: pd.DataFrame, column: str) -> pd.Series | None:
+    if column not in bars.columns:
+        return None
+    values = bars[column]
+    return values if values.notna().any() else None
 
 
 def _closed_reason(cal: TradingCalendar, d: dt.date | None) -> str:
@@ -134,19 +401,22 @@ def _sentence(ticker: str, d: dt.date | None, reasons: list[str]) -> str:
     )
 
 
-def _raw_json(row: pd.Series) -> dict[str, Any]:
+def _raw_json(row: pd.Series, texts: pd.Series | None, i: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in row.items():
         if isinstance(v, dt.date | pd.Timestamp):
             out[str(k)] = v.isoformat()
         elif isinstance(v, float | np.floating):
-            out[str(k)] = None if math.isnan(v) else float(v)
+            # JSON has no NaN or infinity: keep them as the text the source would print.
+            out[str(k)] = None if math.isnan(v) else (float(v) if math.isfinite(v) else str(v))
         elif isinstance(v, np.integer):
             out[str(k)] = int(v)
         elif v is None or (not isinstance(v, str) and pd.isna(v)):
             out[str(k)] = None
         else:
             out[str(k)] = v if isinstance(v, str | int | bool) else str(v)
+    if texts is not None and isinstance(texts.iat[i], str):
+        out["text"] = texts.iat[i]  # the row as the source wrote it
     return out
 
 

@@ -16,7 +16,13 @@ Metrics, per horizon, per ticker and overall:
   ``sign(yhat - base_close)`` equals ``sign(actual - base_close)`` (a flat day is a miss). NaN
   when no forecast moved off persistence: there is no direction to score;
 - ``coverage``: share of actuals inside ``[yhat_lower, yhat_upper]``; ``mean_width``: mean
-  interval width in price units.
+  interval width in price units;
+- proper scores, in percent of the ``as_of`` close so that tickers of any price level pool:
+  ``interval_score`` (Winkler score of the band at its nominal coverage
+  :data:`INTERVAL`, see :func:`forecasting.model.metrics.interval_score`), and the pinball loss
+  of ``yhat_lower``, ``yhat`` and ``yhat_upper`` as the ``(1 - INTERVAL) / 2``, 0.5 and
+  ``(1 + INTERVAL) / 2`` quantiles (``pinball_lower``, ``pinball_median``, ``pinball_upper``);
+  ``mean_width_pct`` is the band's mean width in the same unit.
 
 Refits: the ``model_checks`` rows in range whose decision is not ``keep``, with the training
 seconds they cost (``model_checks.train_seconds``, wall time of the fine-tune and/or retrain).
@@ -37,7 +43,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import TextClause
 
 from forecasting.data.schema import FORECAST_ERROR_COLUMNS
-from forecasting.model.metrics import ratio_to_naive
+from forecasting.model.metrics import interval_score, pinball, ratio_to_naive
 
 METRIC_COLUMNS = (
     "n",
@@ -50,7 +56,16 @@ METRIC_COLUMNS = (
     "n_directional",
     "coverage",
     "mean_width",
+    "mean_width_pct",
+    "interval_score",
+    "pinball_lower",
+    "pinball_median",
+    "pinball_upper",
 )
+
+# The nominal coverage of the stored bands (the default of the model setting `interval`; the
+# forecasts table does not record it per row).
+INTERVAL = 0.8
 
 _ERROR_COLUMNS = (
     "ticker, as_of_date, target_date, horizon, model_version_id, run_id, yhat, yhat_lower, "
@@ -140,9 +155,11 @@ def metrics(frame: pd.DataFrame) -> dict[str, float]:
     hits = np.sign(yhat - base) == np.sign(actual - base)  # [N]
     rmse = float(np.sqrt(np.mean(err**2)))
     naive_rmse = float(np.sqrt(np.mean(naive**2)))
-    width = frame["yhat_upper"].to_numpy(dtype="float64") - frame["yhat_lower"].to_numpy(
-        dtype="float64"
-    )
+    lower = frame["yhat_lower"].to_numpy(dtype="float64")  # [N]
+    upper = frame["yhat_upper"].to_numpy(dtype="float64")  # [N]
+    width = upper - lower
+    pct = 100.0 / base  # [N] price units -> percent of the as_of close
+    tail = (1.0 - INTERVAL) / 2.0
     return {
         "n": n,
         "rmse": rmse,
@@ -154,6 +171,11 @@ def metrics(frame: pd.DataFrame) -> dict[str, float]:
         "n_directional": int(calls.sum()),
         "coverage": float(frame["covered"].mean()),
         "mean_width": float(np.mean(width)),
+        "mean_width_pct": float(np.mean(width * pct)),
+        "interval_score": float(np.mean(interval_score(lower, upper, actual, 1 - INTERVAL) * pct)),
+        "pinball_lower": float(np.mean(pinball(lower, actual, tail) * pct)),
+        "pinball_median": float(np.mean(pinball(yhat, actual, 0.5) * pct)),
+        "pinball_upper": float(np.mean(pinball(upper, actual, 1.0 - tail) * pct)),
     }
 
 

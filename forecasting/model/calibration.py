@@ -1,11 +1,11 @@
 """Calibration on the validation windows: the point forecast's shrink and the interval.
 
 The point forecast keeps only the part of the network's predicted change that validation
-supports: its average drift is removed, and the rest is shrunk toward persistence by the lower
-confidence bound of the MSE-optimal factor (:func:`shrink_factors`), so it is never worse than
-persistence on validation and is exactly persistence when validation shows no reliable skill.
-The interval is split-conformal, its width scaled by each window's recent volatility
-(:func:`recent_scale`).
+supports: its average drift is removed, and the rest is scaled by the MSE-optimal factor,
+discounted by how well validation measured it (:func:`shrink_factors`): exactly persistence
+when validation shows no reliable skill, up to twice the network's change when it shows the
+network is timid. The interval is conformalized quantile regression on the network's tail
+heads (:func:`calibrate`), widened when the target lies beyond a gap (:func:`gap_widening`).
 
 Units: "normalized" errors are in target units — cumulative log-returns divided by the
 series' training-span daily std for ``log_return``, min-max scaled prices for ``minmax``.
@@ -22,7 +22,9 @@ import numpy as np
 from forecasting.model.lstm import ModelConfig
 
 SCALE_DAYS = 20  # recent-volatility window that scales the interval
-SHRINK_Z = 2.0  # shrink to the lower ~97.5% confidence bound of the MSE-optimal factor
+SHRINK_Z = 2.0  # no skill unless the least-squares factor is this many standard errors above 0
+SHRINK_MAX = 2.0  # validation may scale a timid forecast up, but not beyond twice its size
+SPREAD_FLOOR = 0.1  # a head's spread is at least this share of its median spread on validation
 
 
 def rmse(err: np.ndarray) -> float:
@@ -37,17 +39,20 @@ def _conformal_level(n: int, coverage: float) -> float:
 def shrink_factors(
     d: np.ndarray, e: np.ndarray, groups: np.ndarray | None = None, z: float = SHRINK_Z
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-horizon factor ``a`` in ``[0, 1]`` for ``point = naive + a * d``.
+    """Per-horizon factor ``a`` in ``[0, SHRINK_MAX]`` for ``point = naive + a * d``.
 
     ``d [N, H]`` is the predicted change from persistence, ``e [N, H]`` the actual one. The
     least-squares ``a_ls = <d, e> / <d, d>`` minimizes validation MSE, but validation is short
     and its windows are far from independent: every series moves with the market on the same
     day, and the h-day targets of consecutive origins overlap. So ``a_ls`` is noisy, and a
     model that merely caught the validation period's trend gets a large factor and then loses
-    to persistence out of sample. We therefore use the lower confidence bound
-    ``a = clip(a_ls - z * se, 0, 1)``, with ``se`` from the per-date sums (``groups``: one
-    label per window, its origin date) and a Bartlett (Newey-West) correction for ``h`` days of
-    overlap. No evidence of skill -> ``a = 0`` -> exactly persistence.
+    to persistence out of sample. ``se`` comes from the per-date sums (``groups``: one label per
+    window, its origin date) with a Bartlett (Newey-West) correction for ``h`` days of overlap,
+    and the factor is shrunk by its own signal-to-noise ratio ``t = a_ls / se``:
+    ``a = a_ls * (1 - (z / t)^2)`` when ``t > z``, else 0. No evidence of skill (``t <= z``) ->
+    ``a = 0`` -> exactly persistence; a well-measured signal (``t = 10``) keeps 96% of its
+    factor, where the lower bound ``a_ls - z * se`` kept 80% (and 33% at ``t = 3``, against 56%).
+    ``a`` may exceed 1 where validation says the network is too timid, up to ``SHRINK_MAX``.
     Returns ``(a, a_ls, se)``, each ``[H]``.
     """
     n, horizon = d.shape
@@ -71,7 +76,9 @@ def shrink_factors(
             w = 1.0 - lag / (h + 2)
             var[h] += 2.0 * w * (u[lag:, h] * u[:-lag, h]).sum()
     se = np.sqrt(np.maximum(var, 0.0)) / total_den  # [H]
-    return np.clip(a_ls - z * se, 0.0, 1.0), a_ls, se
+    t = a_ls / np.maximum(se, 1e-300)  # [H] signal-to-noise of the factor
+    keep = np.where(t > z, 1.0 - (z / np.maximum(t, z)) ** 2, 0.0)  # [H] in [0, 1)
+    return np.clip(a_ls * keep, 0.0, SHRINK_MAX), a_ls, se
 
 
 def recent_scale(x: np.ndarray, target: str, days: int = SCALE_DAYS) -> np.ndarray:
@@ -105,15 +112,22 @@ def calibrate(
     on validation: the network's average view of the market's direction, learnt from the
     training years. On real data it is what fails out of sample (A-shares through 2017-10:
     validation favoured it with a least-squares factor of 1, the next 250 days wanted -1.5 to
-    -2), so it is removed, and only the window-to-window variation is kept, shrunk by
-    :func:`shrink_factors`. Interval: split-conformal quantiles of validation residuals divided
-    by the recent volatility of each window, times that of the window being forecast. When
-    ``train = (out, y, naive, scale)`` of (a sample of) training windows is given, each bound is
-    the wider of the validation and the training quantile: sixty validation days are one
-    regime, and a calm one makes a band that the next turbulent quarter breaks (CSI indices,
-    validation late 2021, tested on 2022: 0.69 coverage from validation alone, 0.81 with the
-    wider bound; A-shares 2017/18: 0.76 -> 0.80). Training residuals are in-sample and can only
-    be too narrow, so taking the wider bound never trusts them more than validation.
+    -2), so it is removed, and only the window-to-window variation is kept, scaled by
+    :func:`shrink_factors`.
+
+    Interval (``method = "cqr"``, the quantile loss): conformalized quantile regression. The
+    network's tail heads give each window its own spread below and above the median (they
+    see the window's recent returns, so the band follows volatility); the band is the point
+    forecast minus ``f_lo`` times the lower spread and plus ``f_hi`` times the upper one, each
+    factor the finite-sample conformal quantile of the validation errors in units of that
+    spread, one tail at a time. The band is centred on the point forecast, so the validation
+    drift that the point drops is dropped from the band too. When ``train = (out, y, naive,
+    scale)`` of (a sample of) training windows is given, each factor is the larger of the
+    validation and the training one: sixty validation days are one regime, and a calm one
+    makes a band that the next turbulent quarter breaks; training errors are in-sample and
+    can only be too small, so the larger factor never trusts them more than validation.
+    The MSE loss has no tail heads: its band is split-conformal residual quantiles in units
+    of the recent volatility (``method = "scaled_residual"``, also what older models stored).
     """
     cfg = config
     n = len(y)
@@ -126,34 +140,100 @@ def calibrate(
     shrink, a_ls, se = shrink_factors(change - drift, y - naive, groups)
     if not cfg.shrink:
         drift, shrink = np.zeros(cfg.horizon), np.ones(cfg.horizon)
-    point = naive + shrink * (change - drift)  # [N, H]
-    r = (y - point) / scale[:, None]  # [N, H] residuals in units of recent volatility
-    hi_level = _conformal_level(n, (1.0 + cfg.interval) / 2.0)
-    q_lo = np.quantile(r, 1.0 - hi_level, axis=0) if n else np.zeros(cfg.horizon)  # [H]
-    q_hi = np.quantile(r, hi_level, axis=0) if n else np.zeros(cfg.horizon)  # [H]
-    if train is not None and len(train[1]):
-        t_out, t_y, t_naive, t_scale = train
-        t_m = np.sort(t_out, axis=-1)[..., cfg.median_index]  # [Nt, H]
-        t_r = (t_y - (t_naive + shrink * (t_m - t_naive - drift))) / t_scale[:, None]  # [Nt, H]
-        a = (1.0 - cfg.interval) / 2.0
-        q_lo = np.minimum(q_lo, np.quantile(t_r, a, axis=0))
-        q_hi = np.maximum(q_hi, np.quantile(t_r, 1.0 - a, axis=0))
     calib: dict[str, Any] = {
-        "method": "scaled_residual",
         "interval": cfg.interval,
-        "scale_days": SCALE_DAYS,
         "drift": drift.tolist(),
         "shrink": shrink.tolist(),
         "shrink_ls": a_ls.tolist(),
         "shrink_se": se.tolist(),
-        "q_lo": q_lo.tolist(),
-        "q_hi": q_hi.tolist(),
         "n_val": int(n),
         "val_rmse_raw": rmse(m - y),
     }
+    tail = (1.0 - cfg.interval) / 2.0
+    level = _conformal_level(n, 1.0 - tail)
+    if len(cfg.quantiles) > 1:
+        floor = np.maximum(np.median(_spreads(out, cfg, None)[0], axis=0), 1e-6) * SPREAD_FLOOR
+        calib.update(method="cqr", spread_floor=floor.tolist())
+        f_lo, f_hi = _cqr_factors(out, y, naive, calib, cfg, level)
+        if train is not None and len(train[1]):
+            t_lo, t_hi = _cqr_factors(train[0], train[1], train[2], calib, cfg, 1.0 - tail)
+            f_lo, f_hi = np.maximum(f_lo, t_lo), np.maximum(f_hi, t_hi)
+        calib.update(f_lo=f_lo.tolist(), f_hi=f_hi.tolist())
+    else:
+        point = naive + shrink * (change - drift)  # [N, H]
+        r = (y - point) / scale[:, None]  # [N, H] residuals in units of recent volatility
+        q_lo = np.quantile(r, 1.0 - level, axis=0) if n else np.zeros(cfg.horizon)  # [H]
+        q_hi = np.quantile(r, level, axis=0) if n else np.zeros(cfg.horizon)  # [H]
+        if train is not None and len(train[1]):
+            t_out, t_y, t_naive, t_scale = train
+            t_m = np.sort(t_out, axis=-1)[..., cfg.median_index]  # [Nt, H]
+            t_point = t_naive + shrink * (t_m - t_naive - drift)
+            t_r = (t_y - t_point) / t_scale[:, None]  # [Nt, H]
+            q_lo = np.minimum(q_lo, np.quantile(t_r, tail, axis=0))
+            q_hi = np.maximum(q_hi, np.quantile(t_r, 1.0 - tail, axis=0))
+        calib.update(
+            method="scaled_residual", scale_days=SCALE_DAYS, q_lo=q_lo.tolist(), q_hi=q_hi.tolist()
+        )
     _, lower, upper = apply_calibration(out, naive, calib, cfg, scale)
     calib["val_coverage"] = float(np.mean((y >= lower) & (y <= upper))) if n else math.nan
     return calib
+
+
+def _spreads(
+    out: np.ndarray, config: ModelConfig, calib: Mapping[str, Any] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The tail heads' distance below and above the median, ``[N, H, Q] -> 2 x [N, H]``, each
+    at least the calibration's floor (a collapsed head must not make a zero-width band)."""
+    out = np.sort(out, axis=-1)
+    m = out[..., config.median_index]
+    lo, hi = m - out[..., 0], out[..., -1] - m  # [N, H]
+    if calib is not None:
+        floor = np.asarray(calib["spread_floor"], dtype=np.float64)  # [H]
+        lo, hi = np.maximum(lo, floor), np.maximum(hi, floor)
+    return lo, hi
+
+
+def _cqr_factors(
+    out: np.ndarray,
+    y: np.ndarray,
+    naive: np.ndarray,
+    calib: Mapping[str, Any],
+    config: ModelConfig,
+    level: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-horizon factors ``f_lo, f_hi`` ``[H]``: the ``level`` quantile of the errors below
+    and above the point forecast, in units of the heads' spread on that side."""
+    point = _point(out, naive, calib, config)  # [N, H]
+    lo, hi = _spreads(out, config, calib)
+    if not len(y):
+        return np.ones(config.horizon), np.ones(config.horizon)
+    f_lo = np.quantile((point - y) / lo, level, axis=0)  # [H]
+    f_hi = np.quantile((y - point) / hi, level, axis=0)
+    return f_lo, f_hi
+
+
+def _point(
+    out: np.ndarray, naive: np.ndarray, calib: Mapping[str, Any], config: ModelConfig
+) -> np.ndarray:
+    """``naive + shrink * (median - naive - drift)``. ``[N, H, Q] -> [N, H]``"""
+    m = np.sort(out, axis=-1)[..., config.median_index]  # [N, H]
+    drift = np.asarray(calib["drift"], dtype=np.float64)  # [H]
+    shrink = np.asarray(calib["shrink"], dtype=np.float64)  # [H]
+    point: np.ndarray = naive + shrink * (m - naive - drift)
+    return point
+
+
+def gap_widening(gap: np.ndarray | None, n: int, horizon: int) -> np.ndarray:
+    """``[N, H]`` band factors ``sqrt((h + gap) / h)`` for ``gap [N]`` trading days that pass
+    between a window's last bar and its forecast origin (a suspension, a stale price): the
+    target then lies ``h + gap`` trading days after the last close the band was built from,
+    and the spread of a sum of daily returns grows with the square root of their count."""
+    h = np.arange(1, horizon + 1, dtype=np.float64)  # [H]
+    if gap is None:
+        return np.ones((n, horizon))
+    g = np.maximum(np.asarray(gap, dtype=np.float64), 0.0)[:, None]  # [N, 1]
+    widen: np.ndarray = np.sqrt((h + g) / h)
+    return widen
 
 
 def apply_calibration(
@@ -162,17 +242,24 @@ def apply_calibration(
     calib: Mapping[str, Any],
     config: ModelConfig,
     scale: np.ndarray | None = None,
+    gap: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point, lower and upper in target units from raw outputs. ``[N, H, Q] -> 3 x [N, H]``.
 
-    ``scale [N]`` is each window's :func:`recent_scale`. Guarantees ``lower <= point <= upper``.
+    ``scale [N]`` is each window's :func:`recent_scale` (used by ``scaled_residual`` bands),
+    ``gap [N]`` the trading days between each window's last bar and its origin
+    (:func:`gap_widening`). Guarantees ``lower <= point <= upper``.
     """
-    out = np.sort(out, axis=-1)  # [N, H, Q]
-    m = out[..., config.median_index]  # [N, H]
-    drift = np.asarray(calib["drift"], dtype=np.float64)  # [H]
-    shrink = np.asarray(calib["shrink"], dtype=np.float64)  # [H]
-    point = naive + shrink * (m - naive - drift)  # [N, H]
-    sc = (np.ones(len(m)) if scale is None else np.asarray(scale, dtype=np.float64))[:, None]
-    lower = point + np.asarray(calib["q_lo"], dtype=np.float64) * sc  # [N, H]
-    upper = point + np.asarray(calib["q_hi"], dtype=np.float64) * sc
+    point = _point(out, naive, calib, config)  # [N, H]
+    widen = gap_widening(gap, len(point), point.shape[1])  # [N, H]
+    if calib.get("method") == "cqr":
+        lo, hi = _spreads(out, config, calib)  # [N, H]
+        below = np.asarray(calib["f_lo"], dtype=np.float64) * lo
+        above = np.asarray(calib["f_hi"], dtype=np.float64) * hi
+    else:
+        sc = np.ones(len(point)) if scale is None else np.asarray(scale, dtype=np.float64)
+        below = -np.asarray(calib["q_lo"], dtype=np.float64) * sc[:, None]  # [N, H]
+        above = np.asarray(calib["q_hi"], dtype=np.float64) * sc[:, None]
+    lower = point - below * widen
+    upper = point + above * widen
     return point, np.minimum(lower, point), np.maximum(upper, point)

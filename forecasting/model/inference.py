@@ -19,7 +19,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from forecasting.model import scaling
 from forecasting.model.calibration import apply_calibration, recent_scale, rmse
-from forecasting.model.metrics import ratio_to_naive
+from forecasting.model.features import feature_matrix, fit_feature_scaler
+from forecasting.model.metrics import interval_score, ratio_to_naive
 from forecasting.model.trained_model import (
     TrainedModel,
     build_network,
@@ -45,11 +46,13 @@ class PathForecast:
 
 @dataclass(frozen=True)
 class Score:
-    """Out-of-sample RMSE of the model and of persistence, in normalized units."""
+    """Out-of-sample RMSE of the model and of persistence, in normalized units, and the mean
+    interval (Winkler) score of the model's band in the same units."""
 
     rmse: float
     naive_rmse: float
     n: int
+    interval_score: float = math.nan
 
     @property
     def ratio(self) -> float:
@@ -62,7 +65,7 @@ def _as_date(d: np.datetime64) -> dt.date:
 
 
 def _scaler_for(
-    model: TrainedModel, ticker: str, past_closes: np.ndarray
+    model: TrainedModel, ticker: str, past_closes: np.ndarray, past_dates: np.ndarray
 ) -> dict[str, float] | None:
     """The stored scaler, or — for a ticker the model never saw — one fitted on the closes
     passed in, which are the ticker's own past (the caller cuts them at the forecast origin or
@@ -72,17 +75,24 @@ def _scaler_for(
         return params
     if len(past_closes) < 2:
         return None
-    return scaling.fit_scaler(past_closes, model.config.target, name=ticker)
+    return fit_feature_scaler(past_closes, past_dates, model.config.target, name=ticker)
 
 
-def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, PathForecast]:
+def predict(
+    model: TrainedModel,
+    series: Mapping[str, pd.Series],
+    *,
+    gaps: Mapping[str, int] | None = None,
+) -> dict[str, PathForecast]:
     """Forecast paths from the last ``input_len`` observations of each series.
 
     The caller cuts each series at the forecast origin. ``base_close`` is the last close and the
     ``log_return`` paths are ``base_close * exp(cumulative predicted log-return)``. All tickers go
     through one batched forward pass. Tickers with fewer than ``input_len + 1`` closes are
     omitted. A ticker without a stored scaler (not in the training set of a global model) gets a
-    scaler fitted on the closes passed in, i.e. its own past.
+    scaler fitted on the closes passed in, i.e. its own past. ``gaps``: trading days between
+    a ticker's last bar and the forecast origin (a suspension, a late price); its band widens
+    for them (:func:`forecasting.model.calibration.gap_widening`).
     """
     cfg = model.config
     L = cfg.input_len
@@ -94,11 +104,12 @@ def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, P
         if len(c) < L + 1:
             log.debug("no forecast for %s: %d closes, need %d", tk, len(c), L + 1)
             continue
-        params = _scaler_for(model, tk, c)
+        params = _scaler_for(model, tk, c, d)
         if params is None:
             continue
         tail = c[-(L + 1) :]  # [L+1]
-        xs.append(scaling.inputs(tail, params, cfg.target)[1:])  # [L]
+        feats = feature_matrix(tail, d[-(L + 1) :], params, cfg.target, cfg.features, tk)
+        xs.append(feats[1:])  # [L+1, F] -> [L, F]
         naive.append(
             0.0
             if cfg.target == "log_return"
@@ -107,12 +118,13 @@ def predict(model: TrainedModel, series: Mapping[str, pd.Series]) -> dict[str, P
         keep.append((tk, _as_date(d[-1]), float(c[-1]), params))
     if not keep:
         return {}
-    x = torch.from_numpy(np.stack(xs).astype(np.float32)).unsqueeze(-1)  # [S, L, 1]
+    x = torch.from_numpy(np.stack(xs).astype(np.float32))  # [S, L, F]
     device = inference_device(cfg)
     out = forward(build_network(model, device), x.to(device)).numpy()  # [S, H, Q]
     nv = np.repeat(np.asarray(naive)[:, None], cfg.horizon, axis=1)  # [S, H]
     scale = recent_scale(x[..., 0].numpy(), cfg.target)  # [S]
-    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg, scale)
+    gap = np.array([(gaps or {}).get(tk, 0) for tk, *_ in keep], dtype=np.float64)  # [S]
+    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg, scale, gap)
     result = {}
     for i, (tk, origin, base, params) in enumerate(keep):
         yhat = scaling.to_price(point[i], base, params, cfg.target)  # [H]
@@ -148,7 +160,8 @@ def score(
         n = len(c)
         if n < L + 2:
             continue
-        params = _scaler_for(model, tk, c[d <= after64])
+        past = d <= after64
+        params = _scaler_for(model, tk, c[past], d[past])
         if params is None:
             continue
         first_origin = max(int(np.searchsorted(d, after64, "left")), L)
@@ -156,14 +169,14 @@ def score(
         if first_origin > n - 2 or first_target > n - 1:
             continue
         t = np.arange(first_origin, n - 1)  # [T] origins with at least one target
-        x = scaling.inputs(c, params, cfg.target)  # [n]
+        x = feature_matrix(c, d, params, cfg.target, cfg.features, tk)  # [n, F]
         lv = np.concatenate([scaling.levels(c, params, cfg.target), np.full(H, np.nan)])
         lvw = sliding_window_view(lv, H + 1)[t]  # [T, H+1]
         pos = t[:, None] + np.arange(1, H + 1)  # [T, H] target positions
         mask = (pos <= n - 1) & (pos >= first_target)  # [T, H]
         keep = mask.any(axis=1)
         t, lvw, mask = t[keep], lvw[keep], mask[keep]
-        xs.append(sliding_window_view(x, L)[t - L + 1])  # [T, L]
+        xs.append(sliding_window_view(x, L, axis=0)[t - L + 1].transpose(0, 2, 1))  # [T, L, F]
         if cfg.target == "log_return":
             ys.append(lvw[:, 1:] - lvw[:, :1])  # [T, H]
             nvs.append(np.zeros((len(t), H)))
@@ -173,16 +186,17 @@ def score(
         masks.append(mask)
     if not xs:
         return Score(math.nan, math.nan, 0)
-    x_all = torch.from_numpy(np.concatenate(xs).astype(np.float32)).unsqueeze(-1)  # [N, L, 1]
+    x_all = torch.from_numpy(np.concatenate(xs).astype(np.float32))  # [N, L, F]
     device = inference_device(cfg)
     out = forward(build_network(model, device), x_all.to(device)).numpy()  # [N, H, Q]
     y, nv, mask = np.concatenate(ys), np.concatenate(nvs), np.concatenate(masks)  # [N, H]
     scale = recent_scale(x_all[..., 0].numpy(), cfg.target)  # [N]
-    point = apply_calibration(out, nv, model.calibration, cfg, scale)[0]
+    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg, scale)
     y = np.where(mask, y, 0.0)  # masked targets may be NaN (past the series end)
     # An h-step log-return has ~sqrt(h) times the spread of a one-step one; dividing by sqrt(h)
     # puts every horizon in the same unit (about 1 on the training span), so an absolute
     # threshold means the same thing whatever H is. The ratio to naive is unaffected.
     per_h = np.sqrt(np.arange(1, H + 1)) if cfg.target == "log_return" else np.ones(H)  # [H]
     err, nerr = ((point - y) / per_h)[mask], ((nv - y) / per_h)[mask]
-    return Score(rmse(err), rmse(nerr), int(mask.sum()))
+    winkler = interval_score(lower / per_h, upper / per_h, y / per_h, 1.0 - cfg.interval)[mask]
+    return Score(rmse(err), rmse(nerr), int(mask.sum()), float(np.mean(winkler)))

@@ -57,10 +57,20 @@ def inference_device(config: ModelConfig) -> torch.device:
     return device if device.type != "cuda" or torch.cuda.is_available() else torch.device("cpu")
 
 
+def load_weights(net: SeqForecaster, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load ``state_dict`` into ``net``. A checkpoint saved before the network had its linear
+    skip has no ``skip.*`` weights; the skip then stays at its zero start, which is exactly
+    the network that was saved. Any other mismatch is an error."""
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    wrong = [k for k in missing if not k.startswith("skip.")] + list(unexpected)
+    if wrong:
+        raise RuntimeError(f"checkpoint does not fit the network: {sorted(wrong)}")
+
+
 def build_network(model: TrainedModel, device: torch.device | None = None) -> SeqForecaster:
     """The network of a trained model, weights loaded, in eval mode."""
     net = SeqForecaster(model.config)
-    net.load_state_dict(model.state_dict)
+    load_weights(net, model.state_dict)
     return net.to(device or torch.device("cpu")).eval()
 
 

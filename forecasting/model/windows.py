@@ -23,6 +23,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from forecasting.model import scaling
+from forecasting.model.features import feature_matrix
 
 
 def clean_closes(s: pd.Series, through: dt.date | None) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +52,9 @@ def clean_closes(s: pd.Series, through: dt.date | None) -> tuple[np.ndarray, np.
 class Panel:
     """Every series of a dataset, flat and aligned.
 
-    ``x`` (float32): model input at each date (see :func:`forecasting.model.scaling.inputs`).
+    ``x`` (float32): the return input at each date (see :func:`forecasting.model.scaling.inputs`).
+    ``inputs`` (float32, ``[N, F]``): every model input at each date, column 0 being ``x``
+    (see :mod:`forecasting.model.features`).
     ``level`` (float64): exact scaled level; targets and errors are differences of it.
     ``train_level`` (float64): the level rebuilt from the *clipped* inputs for ``log_return``
     (the same as ``level`` for ``minmax``), so that a data error does not dominate the loss.
@@ -61,6 +64,7 @@ class Panel:
     tickers: list[str]
     offsets: np.ndarray  # [S+1] int64
     x: np.ndarray  # [N] float32
+    inputs: np.ndarray  # [N, F] float32
     level: np.ndarray  # [N] float64
     train_level: np.ndarray  # [N] float64
     dates: list[np.ndarray]
@@ -76,21 +80,28 @@ def build_panel(
     dates: Mapping[str, np.ndarray],
     scalers: Mapping[str, Mapping[str, float]],
     target: str,
+    features: Sequence[str] = ("return",),
 ) -> Panel:
-    """Concatenate the scaled series. ``closes[t]`` and ``dates[t]`` are aligned, ascending."""
+    """Concatenate the scaled series. ``closes[t]`` and ``dates[t]`` are aligned, ascending;
+    ``features`` names the input columns (the first must be ``return``)."""
+    if not features or features[0] != "return":
+        raise ValueError(f"features must start with 'return', got {tuple(features)}")
     tickers = list(closes)
     lengths = np.array([len(closes[t]) for t in tickers], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     n = int(offsets[-1])
     x = np.empty(n, dtype=np.float32)
+    inputs = np.empty((n, len(features)), dtype=np.float32)
     level = np.empty(n, dtype=np.float64)
     train_level = np.empty(n, dtype=np.float64)
     for s, t in enumerate(tickers):  # a loop over series, never over windows
         a, b = offsets[s], offsets[s + 1]
         params = dict(scalers[t])
-        xs = scaling.inputs(closes[t], params, target)  # [n_s]
+        feats = feature_matrix(closes[t], dates[t], params, target, features, t)  # [n_s, F]
+        xs = feats[:, 0].astype(np.float64)  # [n_s] the return column
         lv = scaling.levels(closes[t], params, target)  # [n_s]
-        x[a:b] = xs
+        x[a:b] = feats[:, 0]
+        inputs[a:b] = feats
         level[a:b] = lv
         if target == "log_return":
             # [n_s]: level rebuilt from clipped returns, anchored at the true first level
@@ -101,6 +112,7 @@ def build_panel(
         tickers=tickers,
         offsets=offsets,
         x=x,
+        inputs=inputs,
         level=level,
         train_level=train_level,
         dates=[np.asarray(dates[t], dtype="datetime64[D]") for t in tickers],
@@ -184,15 +196,15 @@ class TensorWindows:
         self.input_len = input_len
         self.horizon = horizon
         self.target = panel.target
-        self.x = torch.from_numpy(panel.x).to(device)  # [N]
-        self.x_unf = self.x.unfold(0, input_len, 1)  # [N-L+1, L] view
+        self.x = torch.from_numpy(panel.inputs).to(device)  # [N, F]
+        self.x_unf = self.x.unfold(0, input_len, 1)  # [N-L+1, F, L] view
         self.train_level = torch.from_numpy(panel.train_level).to(device)  # [N] float64
         self.train_unf = self.train_level.unfold(0, horizon + 1, 1)  # [N-H, H+1] view
         self.level = torch.from_numpy(panel.level).to(device)  # [N] float64
         self.level_unf = self.level.unfold(0, horizon + 1, 1)  # [N-H, H+1] view
 
     def inputs(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.x_unf[idx - self.input_len + 1].unsqueeze(-1)  # [B] -> [B, L, 1]
+        return self.x_unf[idx - self.input_len + 1].transpose(1, 2)  # [B] -> [B, L, F]
 
     def _targets(self, unf: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         lv = unf[idx]  # [B] -> [B, H+1]

@@ -12,9 +12,14 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
-from forecasting.data.calendar import SOURCE_RANK, TradingCalendar
+from forecasting.data.calendar import (
+    SERIES_CALENDAR,
+    SOURCE_RANK,
+    TradingCalendar,
+    ticker_calendar,
+)
 from forecasting.data.prices import load_closes
-from forecasting.data.schema import prices
+from forecasting.data.schema import prices, securities
 from forecasting.model import registry
 from forecasting.model.inference import predict
 from forecasting.pipeline.config import RunSettings
@@ -154,8 +159,10 @@ def forecast(
                 eligible[t] = s
             if not eligible:
                 continue
-            paths = predict(model, eligible)
-            dates = target_dates(cal, as_of, cfg.horizon)
+            calendars = ticker_calendars(conn, eligible, cal)
+            gaps = {t: bars_missed(calendars[t], eligible[t].index[-1], as_of) for t in eligible}
+            paths = predict(model, eligible, gaps=gaps)
+            dates_by_cal: dict[int, list[tuple[dt.date, str]]] = {}
             for t in eligible:
                 p = paths.get(t)
                 if p is None:
@@ -163,7 +170,10 @@ def forecast(
                         f"{t}: the model for scope {scope!r} cannot forecast it (not in its training universe); it joins at the next retrain"
                     )
                     continue
-                for h, (target, src) in enumerate(dates, start=1):
+                tcal = calendars[t]
+                if id(tcal) not in dates_by_cal:
+                    dates_by_cal[id(tcal)] = target_dates(tcal, as_of, cfg.horizon)
+                for h, (target, src) in enumerate(dates_by_cal[id(tcal)], start=1):
                     batch.rows.append(
                         {
                             "ticker": t,
@@ -180,6 +190,41 @@ def forecast(
                     )
             batch.versions[scope] = version_id
     return batch
+
+
+def ticker_calendars(
+    conn: Connection, series: Mapping[str, pd.Series], a_shares: TradingCalendar
+) -> dict[str, TradingCalendar]:
+    """Each ticker's own calendar (:func:`forecasting.data.calendar.ticker_calendar`): the
+    run's A-share calendar for XSHG tickers, the library's XNYS for US ones, and for a ticker
+    on an unknown exchange one made from its own bars. ``securities.exchange`` decides where
+    it is set; the ticker's code otherwise."""
+    tickers = list(series)
+    exchanges: dict[str, str | None] = {}
+    for i in range(0, len(tickers), 500):
+        stmt = select(securities.c.ticker, securities.c.exchange).where(
+            securities.c.ticker.in_(tickers[i : i + 500])
+        )
+        exchanges.update({t: e for t, e in conn.execute(stmt)})
+    shared: dict[str, TradingCalendar] = {a_shares.exchange: a_shares}
+    out: dict[str, TradingCalendar] = {}
+    for t, s in series.items():
+        key = ticker_calendar(t, exchanges.get(t))
+        if key == SERIES_CALENDAR:
+            out[t] = TradingCalendar.from_series(s.index)
+        else:
+            if key not in shared:
+                shared[key] = TradingCalendar.load(conn, exchange=key)
+            out[t] = shared[key]
+    return out
+
+
+def bars_missed(calendar: TradingCalendar, last_bar: dt.date, as_of: dt.date) -> int:
+    """Trading days of ``calendar`` after a ticker's last bar up to ``as_of`` (a suspension, a
+    late price): its forecast is made from an older close, and its band widens for them."""
+    if last_bar >= as_of:
+        return 0
+    return len(calendar.trading_days(last_bar + dt.timedelta(days=1), as_of))
 
 
 def _history_counts(conn: Connection, tickers: Sequence[str], as_of: dt.date) -> dict[str, int]:

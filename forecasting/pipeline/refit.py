@@ -156,6 +156,7 @@ def apply_decision(
     candidate.calibration[BASELINE_KEY] = validation_baseline(candidate, series, as_of)
     cand_ratio = candidate.val_ratio
     champ_ratio = math.nan
+    champ_interval = cand_interval = math.nan
     if active is not None:
         val_after = validation_start(series, as_of, candidate.config.val_days)
         if val_after is not None:
@@ -163,12 +164,21 @@ def apply_decision(
                 active, series, after=val_after, through=as_of, window=candidate.config.val_days
             )
             champ_ratio = s.ratio
+            # Interval scores on the same windows break a tie of the ratios (both at 1.000).
+            champ_interval = s.interval_score
+            cand_interval = score(
+                candidate, series, after=val_after, through=as_of, window=candidate.config.val_days
+            ).interval_score
     # A full retrain (scheduled by age or calendar, forced, or after a failed fine-tune)
     # replaces a champion it ties: the challenger saw fresher data.
     promoted = not check.point_in_time and (
         active is None
         or challenger_wins(
-            cand_ratio, champ_ratio, champion_due=check.breached or action is Action.RETRAIN
+            cand_ratio,
+            champ_ratio,
+            champion_due=check.breached or action is Action.RETRAIN,
+            challenger_interval=cand_interval,
+            champion_interval=champ_interval,
         )
     )
     if active is not None and not promoted:

@@ -181,16 +181,33 @@ def finetune_insufficient(val_rmse: float, val_naive_rmse: float, policy: Policy
 
 
 def challenger_wins(
-    challenger_ratio: float, champion_ratio: float, *, champion_due: bool = False
+    challenger_ratio: float,
+    champion_ratio: float,
+    *,
+    champion_due: bool = False,
+    challenger_interval: float = math.nan,
+    champion_interval: float = math.nan,
 ) -> bool:
     """A new version becomes active only if its validation error (as a ratio to naive on the
     same windows, so that both are in the same units) beats the active one's. When the active
     model is due for replacement (it breached its threshold, or a full retrain was scheduled
-    by age or calendar), a tie goes to the challenger: it was fitted on fresher data."""
+    by age or calendar), a tie goes to the challenger: it was fitted on fresher data.
+
+    On real closes both point forecasts are usually persistence, so the ratios tie at 1.000
+    (within :data:`RATIO_TIE`); then the interval (Winkler) scores on the same windows decide,
+    when both are known, with the same tie rule."""
     if math.isnan(challenger_ratio):
         return False
     if math.isnan(champion_ratio):
         return True
+    tied = abs(challenger_ratio - champion_ratio) <= RATIO_TIE
+    if tied and not (math.isnan(challenger_interval) or math.isnan(champion_interval)):
+        if champion_due:
+            return challenger_interval <= champion_interval + 1e-9
+        return challenger_interval < champion_interval
     if champion_due:
         return challenger_ratio <= champion_ratio + 1e-9
     return challenger_ratio < champion_ratio
+
+
+RATIO_TIE = 1e-4  # RMSE ratios this close are a tie: the interval score decides

@@ -2,7 +2,8 @@
 -- rmse_ratio < 1 beats naive persistence (tomorrow = today's close); directional_accuracy is,
 -- among the n_directional forecasts that move off the as_of close, the share whose direction
 -- matches the realized one (NULL when every forecast equals persistence);
--- coverage is the share of closes inside the interval. `forecasting evaluate` prints the same
+-- coverage is the share of closes inside the interval; interval_score is the Winkler score of the
+-- 80% band (width plus 2/0.2 times any miss), in percent of the as_of close (lower is better). `forecasting evaluate` prints the same
 -- numbers per ticker as well. Add e.g. WHERE as_of_date >= '2018-01-01' to restrict the range.
 -- These are the live lineage's forecasts; for a backfill's, read forecast_errors_all and add
 -- WHERE lineage = 'backfill:...' (`forecasting evaluate --lineage ...` prints the same).
@@ -22,7 +23,12 @@ SELECT horizon,
        SUM(CASE WHEN ABS(yhat - base_close) > 1e-9 * ABS(base_close) THEN 1 ELSE 0 END)
            AS n_directional,
        AVG(covered * 1.0) AS coverage,
-       AVG(yhat_upper - yhat_lower) AS mean_width
+       AVG(yhat_upper - yhat_lower) AS mean_width,
+       AVG((yhat_upper - yhat_lower) * 100.0 / base_close) AS mean_width_pct,
+       AVG(((yhat_upper - yhat_lower)
+            + 10.0 * (CASE WHEN actual < yhat_lower THEN yhat_lower - actual ELSE 0 END
+                      + CASE WHEN actual > yhat_upper THEN actual - yhat_upper ELSE 0 END))
+           * 100.0 / base_close) AS interval_score
 FROM forecast_errors
 GROUP BY horizon
 ORDER BY horizon

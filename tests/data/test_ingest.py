@@ -61,6 +61,7 @@ class FrameSource:
         self.calendar = calendar
         self.failing = failing or set()
         self.calls: list[tuple[str, dt.date, dt.date]] = []
+        self.extra: dict[str, pd.DataFrame] = {}
 
     def tickers(self) -> list[str]:
         return sorted(self.frames)
@@ -74,7 +75,14 @@ class FrameSource:
             raise SourceError(f"{ticker}: the server said no for {start} to {end}; try later")
         frame = self.frames[ticker]
         inside = (frame["trade_date"] >= start) & (frame["trade_date"] <= end)
-        return frame.loc[inside].reset_index(drop=True)
+        # ``extra`` rows come whatever the dates asked: a vendor sending what it was not asked.
+        extra = self.extra.get(ticker)
+        rows = frame.loc[inside]
+        return (
+            pd.concat([rows, extra], ignore_index=True)
+            if extra is not None
+            else rows.reset_index(drop=True)
+        )
 
     def trading_calendar(self, start: dt.date, end: dt.date) -> pd.DataFrame | None:
         return self.calendar
@@ -123,7 +131,8 @@ def test_ingest_twice_changes_nothing(engine: Engine) -> None:
 def test_stored_values_round_trip_exactly(engine: Engine) -> None:
     """What is read back is what the source sent: full float precision, NaN as NULL."""
     frame = bars("A.SH", 5)
-    frame["close"] = [10.123456789012345, 1 / 3, 2 / 3, 1e-7 + 5, 123456.789]
+    frame["close"] = [10.123456789012345, 10 + 1 / 3, 10 + 2 / 3, 1e-7 + 10, 11.23456789]
+    frame["open"], frame["high"], frame["low"] = frame["close"], frame["close"] + 1, 1 / 3
     go(engine, FrameSource({"A.SH": frame}))
     with engine.connect() as conn:
         rows = conn.execute(
@@ -334,3 +343,164 @@ def test_ingest_real_shared_csv_files(engine: Engine, shared_data: Any) -> None:
         kinds = dict(conn.execute(select(securities.c.ticker, securities.c.kind)).all())
     if "000300.SH" in kinds:
         assert kinds["000300.SH"] == "index"
+
+
+# -- integrity: nothing wrong gets in, nothing right gets lost, every change on record ---------
+
+
+def rejected(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(rejected_rows).order_by(rejected_rows.c.id)).all())
+
+
+def closes(engine: Engine, ticker: str = "A.SH") -> dict[dt.date, float]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(prices.c.trade_date, prices.c.close).where(prices.c.ticker == ticker)
+        ).all()
+    return {d: c for d, c in rows}
+
+
+def test_a_future_row_is_rejected_and_does_not_block_later_days(engine: Engine) -> None:
+    """A row dated 2030 that the source sends unasked is rejected (outside the range asked,
+    after today); the ticker's last date stays real, so the next ingest fetches new days."""
+    frame = bars("A.SH", 30)
+    source = FrameSource({"A.SH": frame})
+    source.extra["A.SH"] = bars("A.SH", 1, start="2030-01-07")
+    first = go(engine, source, end=D(2024, 1, 19), today=D(2024, 1, 19))
+    assert (first.inserted, first.rejected) == (15, 1)
+    (row,) = rejected(engine)
+    assert row.trade_date == D(2030, 1, 7)
+    assert "after today (2024-01-19 at the exchange)" in row.reason
+    assert "outside the dates asked for" in row.reason
+    assert max(closes(engine)) == D(2024, 1, 19)
+    second = go(engine, source, end=END, today=END)
+    assert second.inserted == 15 and max(closes(engine)) == END
+    assert run_row(engine, second)["rows_rejected"] == 1
+
+
+def test_inf_never_lands_nor_replaces_a_good_close(engine: Engine) -> None:
+    """An inf close is rejected as not finite, as new data and over a stored close alike."""
+    frame = bars("A.SH", 10)
+    source = FrameSource({"A.SH": frame})
+    go(engine, source)
+    good = closes(engine)
+    bad = frame.copy()
+    bad.loc[4, "close"] = np.inf
+    source.frames["A.SH"] = bad
+    report = go(engine, source, start=D(2024, 1, 1))
+    assert (report.updated, report.rejected) == (0, 1)
+    assert closes(engine) == good
+    assert "close is inf, not a finite number" in rejected(engine)[0].reason
+    assert json.loads(rejected(engine)[0].raw)["close"] == "inf"
+
+
+def test_a_blank_cell_never_replaces_a_stored_value(engine: Engine) -> None:
+    """Blank open/high/low in a re-ingest keep the stored values; nothing counts as changed."""
+    frame = bars("A.SH", 10)
+    source = FrameSource({"A.SH": frame})
+    go(engine, source)
+    before = snapshot(engine)
+    blank = frame.copy()
+    blank[["open", "high", "low", "volume"]] = np.nan
+    source.frames["A.SH"] = blank
+    report = go(engine, source, start=D(2024, 1, 1))
+    assert (report.updated, report.unchanged, report.rejected) == (0, 10, 0)
+    assert snapshot(engine) == before
+
+
+def test_an_implausible_jump_over_stored_data_is_held_back(engine: Engine) -> None:
+    """23.52 corrected to 23520 (a unit error) is rejected as implausible against the stored
+    neighbours; the stored close stays, and no revision is recorded."""
+    frame = bars("600519.SH", 20, base=23.52)
+    source = FrameSource({"600519.SH": frame})
+    go(engine, source)
+    wrong = frame.copy()
+    wrong.loc[12, ["open", "high", "low", "close"]] *= 1000
+    source.frames["600519.SH"] = wrong
+    report = go(engine, source, start=D(2024, 1, 1))
+    assert (report.updated, report.rejected) == (0, 1)
+    assert closes(engine, "600519.SH")[frame.loc[12, "trade_date"]] == frame.loc[12, "close"]
+    assert "implausible" in rejected(engine)[0].reason
+
+
+def test_the_same_bad_row_is_recorded_once(engine: Engine) -> None:
+    """Rerunning the same bad input adds no second rejected_rows row; the row names the last
+    run that refused it, and each run still counts it."""
+    frame = bars("A.SH", 10)
+    frame.loc[3, "close"] = -1.0
+    source = FrameSource({"A.SH": frame})
+    first = go(engine, source)
+    second = go(engine, source, start=D(2024, 1, 1))
+    assert first.rejected == second.rejected == 1
+    assert second.tickers["A.SH"].rejected_before == 1
+    (row,) = rejected(engine)
+    assert (row.run_id, row.last_run_id) == (first.run_id, second.run_id)
+    assert run_row(engine, second)["rows_rejected"] == 1
+
+
+def test_a_ticker_the_source_has_nothing_for_fails(engine: Engine) -> None:
+    """An empty reply for a ticker with no history is a failure naming it, never a success
+    with 0 rows; the run is partial and the others land."""
+    source = FrameSource({"A.SH": bars("A.SH"), "ZZZ.SH": bars("ZZZ.SH", 0)})
+    report = go(engine, source)
+    assert report.status == "partial"
+    assert "returned no bars for ZZZ.SH" in (report.tickers["ZZZ.SH"].error or "")
+    assert report.summary().splitlines()[-1].startswith("ingest partial: 1 of 2 failed (ZZZ.SH)")
+    assert run_row(engine, report)["status"] == "partial"
+
+
+def test_no_tickers_is_an_input_error(engine: Engine) -> None:
+    """An ingest with nothing to ingest says what to pass instead of 'success, 0 tickers'."""
+    from forecasting.errors import InputError
+
+    with pytest.raises(InputError, match="no tickers to ingest.*--tickers"):
+        go(engine, FrameSource({}))
+
+
+def test_a_stale_running_row_is_marked_abandoned(engine: Engine) -> None:
+    """A 'running' ingest whose heartbeat is older than abandon_after (its process died) is
+    closed as abandoned by the next ingest; a fresh one is left alone."""
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:
+        for run_id, beat in (("old", now - dt.timedelta(hours=2)), ("live", now)):
+            conn.execute(
+                ingest_runs.insert().values(
+                    run_id=run_id,
+                    started_at=beat,
+                    heartbeat_at=beat,
+                    source="frames",
+                    tickers="[]",
+                    status="running",
+                    rows_inserted=7,
+                )
+            )
+    report = go(engine, FrameSource({"A.SH": bars("A.SH", 3)}))
+    assert report.abandoned == ["old"]
+    with engine.connect() as conn:
+        rows = dict(conn.execute(select(ingest_runs.c.run_id, ingest_runs.c.status)).all())
+        old = conn.execute(select(ingest_runs).where(ingest_runs.c.run_id == "old")).one()
+    assert rows["old"] == "abandoned" and rows["live"] == "running"
+    assert old.rows_inserted == 7 and "no heartbeat since" in old.error
+    assert "closed abandoned run old" in report.summary()
+
+
+def test_each_ticker_commit_updates_the_runs_counts(engine: Engine) -> None:
+    """The run row carries the counts so far with every ticker's commit (and a heartbeat), so
+    a process killed outright leaves true counts behind."""
+    seen: list[tuple[int, Any]] = []
+
+    class Watching(FrameSource):
+        def fetch_bars(self, ticker: str, start: dt.date, end: dt.date) -> pd.DataFrame:
+            with engine.connect() as conn:
+                row = conn.execute(
+                    select(ingest_runs.c.rows_inserted, ingest_runs.c.heartbeat_at).where(
+                        ingest_runs.c.status == "running"
+                    )
+                ).one()
+            seen.append((row.rows_inserted, row.heartbeat_at))
+            return super().fetch_bars(ticker, start, end)
+
+    go(engine, Watching({"A.SH": bars("A.SH", 5), "B.SH": bars("B.SH", 7)}))
+    assert [n for n, _ in seen] == [0, 5]
+    assert all(beat is not None for _, beat in seen)

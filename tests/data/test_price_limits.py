@@ -46,13 +46,14 @@ def test_board_of_a_code(ticker: str, board: str) -> None:
         ("600519.SH", D, False, 5, None),  # fifth trading day after listing: no limit
         ("600519.SH", D, False, 6, 0.10),
         ("000300.SH", D, False, None, None),
+        ("600601.SH", dt.date(1996, 12, 13), False, None, None),  # before limits existed
     ],
 )
 def test_daily_limit(
     ticker: str, on: dt.date, st: bool, day: int | None, limit: float | None
 ) -> None:
     """Main 10%, ST 5% (main boards only), ChiNext 20% from 2020-08-24, STAR 20%, BSE 30%, no
-    limit in the first five trading days and for indices."""
+    limit in the first five trading days, before 1996-12-16 and for indices."""
     assert daily_limit(ticker, on, st=st, trading_day_since_listing=day) == limit
 
 

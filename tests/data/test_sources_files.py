@@ -151,8 +151,10 @@ def test_ticker_argument_names_files_without_ts_code(tmp_path: Path) -> None:
     anonymous = tmp_path / "prices.csv"
     anonymous.write_text("date,close\n2020-01-02,1000\n", encoding="utf-8")
     assert FileSource(anonymous, ticker="600000.SH").tickers() == ["600000.SH"]
-    with pytest.raises(SourceError, match=r"prices\.csv.*--ticker"):
-        FileSource(anonymous).tickers()
+    alone = FileSource(anonymous)
+    assert alone.tickers() == []
+    assert list(alone.failures()) == [str(anonymous)]
+    assert "--ticker" in alone.failures()[str(anonymous)]
 
 
 def test_ticker_argument_conflicting_with_ts_code_is_an_error(tmp_path: Path) -> None:
@@ -161,7 +163,7 @@ def test_ticker_argument_conflicting_with_ts_code_is_an_error(tmp_path: Path) ->
     path.write_text("ts_code,trade_date,close\n600000.SH,20200102,10\n", encoding="utf-8")
     assert FileSource(path, ticker="600000.SH").tickers() == ["600000.SH"]
     with pytest.raises(SourceError, match=r"x\.csv.*600000\.SH.*601318\.SH"):
-        FileSource(path, ticker="601318.SH").tickers()
+        FileSource(path, ticker="601318.SH").fetch_bars("601318.SH", *EVERYTHING)
 
 
 def test_parquet_files_and_mixed_directories(tmp_path: Path) -> None:
@@ -194,27 +196,87 @@ def test_files_are_read_once(tmp_path: Path) -> None:
 
 
 def test_missing_close_names_the_file(tmp_path: Path) -> None:
-    """No close column: a SourceError naming the file and the columns it has."""
+    """No close column: the ticker its name gives fails with a SourceError naming the file and
+    the columns it has; the other files of the folder still read."""
     path = tmp_path / "600519.SH.csv"
     path.write_text("date,price\n2020-01-02,1000\n", encoding="utf-8")
+    (tmp_path / "600036.SH.csv").write_text("date,close\n2020-01-02,30\n", encoding="utf-8")
+    source = FileSource(tmp_path)
+    assert source.tickers() == ["600036.SH", "600519.SH"] and source.failures() == {}
+    assert len(source.fetch_bars("600036.SH", *EVERYTHING)) == 1
     with pytest.raises(SourceError, match=r"600519\.SH\.csv.*no close column.*price"):
-        FileSource(path).tickers()
+        source.fetch_bars("600519.SH", *EVERYTHING)
 
 
-def test_bad_date_names_the_file_and_row(tmp_path: Path) -> None:
-    """An unparseable date: a SourceError naming the file, the data row and the value."""
+def test_a_bad_date_is_one_bad_row_with_its_text(tmp_path: Path) -> None:
+    """An unparseable date costs its row, not the file: the row comes back without a date, with
+    a problem naming the value and its raw text; a date saved as a float (20200106.0) parses."""
     path = tmp_path / "600519.SH.csv"
-    path.write_text("date,close\n2020-01-02,1\n02/01/2020,2\n", encoding="utf-8")
-    with pytest.raises(SourceError, match=r"600519\.SH\.csv: data row 2 has date '02/01/2020'"):
-        FileSource(path).tickers()
+    path.write_text("date,close\n2020-01-02,1\n02/01/2020,2\n20200106.0,3\n", encoding="utf-8")
+    bars = FileSource(path).fetch_bars("600519.SH", *EVERYTHING)
+    assert bars["trade_date"].tolist() == [dt.date(2020, 1, 2), dt.date(2020, 1, 6), None]
+    assert bars["problem"].iloc[:2].isna().all()
+    assert bars["problem"].iloc[2] == "date '02/01/2020' is neither YYYYMMDD nor YYYY-MM-DD"
+    assert bars["raw_text"].iloc[2] == "02/01/2020,2"
 
 
 def test_bad_numbers_pass_on_as_nan_for_the_ingest_to_reject(tmp_path: Path) -> None:
-    """A garbled close is passed on as NaN, not dropped: the ingest records what it rejects."""
+    """A garbled close is passed on as NaN with "not a number" and its raw text, not dropped:
+    the ingest records what it rejects."""
     path = tmp_path / "600519.SH.csv"
-    path.write_text("date,close\n2020-01-02,1\n2020-01-03,n/a\n", encoding="utf-8")
+    path.write_text("date,close\n2020-01-02,1\n2020-01-03,abc\n", encoding="utf-8")
     bars = FileSource(path).fetch_bars("600519.SH", *EVERYTHING)
     assert len(bars) == 2 and pd.isna(bars["close"].iloc[1])
+    assert bars["problem"].iloc[1] == "close 'abc' is not a number"
+    assert bars["raw_text"].iloc[1] == "2020-01-03,abc"
+
+
+def test_gbk_file_with_chinese_headers(tmp_path: Path) -> None:
+    """A GBK-encoded export with 日期, 开盘, 最高, 最低, 收盘, 成交量 is detected and read; a
+    wrong --encoding fails naming the byte and the option."""
+    path = tmp_path / "600519.SH.csv"
+    text = "日期,开盘,最高,最低,收盘,成交量,名称\n2020-01-02,10,11,9.5,10.5,1000,贵州茅台\n"
+    path.write_bytes(text.encode("gbk"))
+    bars = FileSource(path).fetch_bars("600519.SH", *EVERYTHING)
+    row = bars.iloc[0]
+    assert (row["open"], row["high"], row["low"], row["close"], row["volume"]) == (
+        10.0,
+        11.0,
+        9.5,
+        10.5,
+        1000.0,
+    )
+    assert len(FileSource(path, encoding="gbk").fetch_bars("600519.SH", *EVERYTHING)) == 1
+    with pytest.raises(SourceError, match=r"not readable as utf-8.*--encoding"):
+        FileSource(path, encoding="utf-8").fetch_bars("600519.SH", *EVERYTHING)
+    with pytest.raises(SourceError, match="unknown encoding 'klingon'"):
+        FileSource(path, encoding="klingon")
+
+
+def test_a_blank_ts_code_is_one_bad_row(tmp_path: Path) -> None:
+    """A row with an empty ts_code is filed under the file's ticker with a problem, not fatal."""
+    path = tmp_path / "x.csv"
+    path.write_text(
+        "ts_code,trade_date,close\n600000.SH,20200102,10\n,20200103,11\n", encoding="utf-8"
+    )
+    bars = FileSource(path).fetch_bars("600000.SH", *EVERYTHING)
+    assert pd.isna(bars["problem"].iloc[0])
+    assert bars["problem"].iloc[1] == "the row's ts_code is empty"
+
+
+def test_a_big_file_is_read_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunked reading gives the same bars as one read (here 3-row chunks over 7 rows)."""
+    import forecasting.data.sources.files as files
+
+    path = tmp_path / "600519.SH.csv"
+    days = pd.bdate_range("2020-01-01", periods=7)
+    path.write_text(
+        "date,close\n" + "".join(f"{d:%Y%m%d},{i + 1}\n" for i, d in enumerate(days)),
+        encoding="utf-8",
+    )
+    whole = FileSource(path).fetch_bars("600519.SH", *EVERYTHING)
+    monkeypatch.setattr(files, "CHUNK_ROWS", 3)
+    pd.testing.assert_frame_equal(FileSource(path).fetch_bars("600519.SH", *EVERYTHING), whole)
 
 
 def test_unknown_ticker_and_missing_path(tmp_path: Path) -> None:

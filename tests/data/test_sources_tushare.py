@@ -36,18 +36,38 @@ def test_it_is_a_price_source(stub: TushareStub) -> None:
     assert stub.token not in repr(source)
 
 
-def test_it_pages_back_until_a_short_page(stub: TushareStub) -> None:
-    """A full page (row limit) makes it ask again for the dates before the oldest row returned."""
+def test_it_pages_back_until_a_reply_holds_no_older_row(stub: TushareStub) -> None:
+    """Each page asks for the dates before the oldest row so far, until a reply adds nothing
+    older (here an empty one: 2019-01-01 is a holiday, so the start is never reached)."""
     bars = make(stub).fetch_bars("600519.SH", START, END)
     expected = stub.bars("600519.SH")
     assert len(expected) > 3 * stub.row_limit  # otherwise paging is not exercised
     daily = stub.calls("daily")
-    assert len(daily) == len(expected) // stub.row_limit + 1
+    assert len(daily) == -(-len(expected) // stub.row_limit) + 1
     # every later page ends the day before the oldest row of the previous one
     for previous, following in zip(daily, daily[1:], strict=False):
         assert following["params"]["end_date"] < previous["params"]["end_date"]
         assert following["params"]["start_date"] == "20190101"
     assert len(bars) == len(expected)
+
+
+def test_pages_shorter_than_the_assumed_limit_do_not_truncate_history(stub: TushareStub) -> None:
+    """A server capping replies at 50 rows while the client assumes tushare's 6000 still yields
+    the whole history: a short page does not end the paging."""
+    bars = make(stub, page_size=6000).fetch_bars("600519.SH", START, END)
+    assert len(bars) == len(stub.bars("600519.SH")) > 6 * stub.row_limit
+
+
+def test_rows_under_another_ts_code_keep_that_code(stub: TushareStub) -> None:
+    """A reply row carrying another ticker's ts_code is passed on as that ticker (for the
+    ingest to reject), never relabelled as the ticker asked for."""
+    stray = {**stub.bars("000001.SZ")[3], "ts_code": "000002.SZ"}
+    stub.extra["000001.SZ"] = [stray]
+    bars = make(stub).fetch_bars("000001.SZ", START, END)
+    assert bars["ticker"].value_counts().to_dict() == {
+        "000001.SZ": len(stub.bars("000001.SZ")),
+        "000002.SZ": 1,
+    }
 
 
 def test_newest_first_rows_come_back_oldest_first_and_complete(stub: TushareStub) -> None:

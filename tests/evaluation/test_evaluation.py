@@ -266,3 +266,27 @@ def test_directional_accuracy_scores_only_forecasts_that_call_a_direction() -> N
     flat = metrics(frame.assign(yhat=base))
     assert flat["n_directional"] == 0
     assert math.isnan(flat["directional_accuracy"])
+
+
+def test_proper_scores_match_the_hand_computed_case() -> None:
+    """The interval (Winkler) score adds 2/alpha times a miss to the width, the pinball losses
+    weigh misses by their quantile, all in percent of the as_of close."""
+    frame = pd.DataFrame(
+        {
+            "yhat": [10.0, 20.0],
+            "yhat_lower": [9.0, 19.0],
+            "yhat_upper": [11.0, 21.0],
+            "actual": [10.5, 22.0],  # inside; 1.0 above the upper bound
+            "base_close": [10.0, 20.0],
+            "covered": [1, 0],
+        }
+    )
+    frame["error"] = frame["yhat"] - frame["actual"]
+    frame["naive_error"] = frame["base_close"] - frame["actual"]
+    m = metrics(frame)
+    # width 2 (20% of 10; 10% of 20), the miss costs 2/0.2 * 1.0 = 10 (50% of 20)
+    assert m["interval_score"] == pytest.approx((20.0 + (10.0 + 50.0)) / 2)
+    assert m["mean_width_pct"] == pytest.approx((20.0 + 10.0) / 2)
+    assert m["pinball_lower"] == pytest.approx((0.1 * 1.5 * 10 + 0.1 * 3.0 * 5) / 2)
+    assert m["pinball_median"] == pytest.approx((0.5 * 0.5 * 10 + 0.5 * 2.0 * 5) / 2)
+    assert m["pinball_upper"] == pytest.approx((0.1 * 0.5 * 10 + 0.9 * 1.0 * 5) / 2)

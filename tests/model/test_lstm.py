@@ -12,9 +12,9 @@ from forecasting.settings import ModelSettings
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize(("loss", "q"), [("quantile", 3), ("mse", 1)])
 def test_output_is_all_horizons_at_once(cell: str, loss: str, q: int) -> None:
-    """[B, L, 1] -> [B, H, Q] in one call, for every cell type and loss."""
+    """[B, L, F] -> [B, H, Q] in one call, for every cell type and loss."""
     cfg = ModelConfig(input_len=12, horizon=7, cell=cell, loss=loss, hidden_size=8)
-    out = SeqForecaster(cfg)(torch.randn(5, 12, 1))
+    out = SeqForecaster(cfg)(torch.randn(5, 12, len(cfg.features)))
     assert out.shape == (5, 7, q)
     assert len(cfg.quantiles) == q and cfg.quantiles[cfg.median_index] == 0.5
 
@@ -22,7 +22,8 @@ def test_output_is_all_horizons_at_once(cell: str, loss: str, q: int) -> None:
 def test_untrained_head_starts_near_persistence() -> None:
     """A fresh network predicts (almost) no change, so early training cannot add variance."""
     torch.manual_seed(0)
-    out = SeqForecaster(ModelConfig(hidden_size=16)).eval()(torch.randn(64, 60, 1))
+    cfg = ModelConfig(hidden_size=16)
+    out = SeqForecaster(cfg).eval()(torch.randn(64, 60, len(cfg.features)))
     assert out.abs().max() < 0.5
 
 
@@ -49,7 +50,10 @@ def test_invalid_config_is_refused(bad: dict) -> None:
 
 
 def test_flop_count_matches_the_gate_matmuls() -> None:
-    """Two-layer LSTM: 4 gates x (in + hidden) x hidden multiply-adds per step and layer."""
-    cfg = ModelConfig(input_len=10, horizon=2, hidden_size=4, num_layers=2, loss="mse")
-    expected = 2 * 4 * 4 * (1 + 4) * 10 + 2 * 4 * 4 * (4 + 4) * 10 + 2 * 4 * 2
+    """Two-layer LSTM: 4 gates x (in + hidden) x hidden multiply-adds per step and layer, plus
+    the head and the linear skip from the whole window."""
+    cfg = ModelConfig(
+        input_len=10, horizon=2, hidden_size=4, num_layers=2, loss="mse", features=("return",)
+    )
+    expected = 2 * 4 * 4 * (1 + 4) * 10 + 2 * 4 * 4 * (4 + 4) * 10 + 2 * (4 + 10) * 2
     assert lstm_flops_per_sample(cfg) == expected

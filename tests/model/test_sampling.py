@@ -41,6 +41,7 @@ def _panel(lengths: list[int]) -> Panel:
         tickers=[f"T{i}" for i in range(len(lengths))],
         offsets=offsets,
         x=np.zeros(n, dtype=np.float32),
+        inputs=np.zeros((n, 1), dtype=np.float32),
         level=np.zeros(n),
         train_level=np.zeros(n),
         dates=[np.arange(k).astype("datetime64[D]") for k in lengths],

@@ -200,3 +200,16 @@ def test_ratio_is_nan_without_errors() -> None:
     """A check with no scored errors has no ratio."""
     assert math.isnan(CheckNumbers(True, 1.0, 1.0, 0).ratio)
     assert CheckNumbers(True, 1.0, 2.0, 3).ratio == 0.5
+
+
+def test_tied_ratios_are_decided_by_the_interval_score() -> None:
+    """Both at persistence (ratio 1.000): the challenger wins with the lower interval score,
+    loses with a higher one, and a due champion loses an exact tie of both."""
+    assert challenger_wins(1.0, 1.0, challenger_interval=2.9, champion_interval=3.0)
+    assert not challenger_wins(1.0, 1.0, challenger_interval=3.1, champion_interval=3.0)
+    assert not challenger_wins(1.0, 1.0, challenger_interval=3.0, champion_interval=3.0)
+    assert challenger_wins(
+        1.0, 1.0, champion_due=True, challenger_interval=3.0, champion_interval=3.0
+    )
+    # A real difference in the ratio still decides first.
+    assert not challenger_wins(1.01, 1.0, challenger_interval=1.0, champion_interval=3.0)

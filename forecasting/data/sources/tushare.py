@@ -134,6 +134,10 @@ class TushareSource:
             bars["adj_factor"] = self._adj_factors(adj, bars["trade_date"], what)
         return bars.loc[:, list(BAR_COLUMNS)].reset_index(drop=True)
 
+    def set_deadline(self, deadline: float | None) -> None:
+        """No request, retry or wait after ``deadline`` (``time.monotonic()``); the ingest's."""
+        self._client.set_deadline(deadline)
+
     def trading_calendar(self, start: dt.date, end: dt.date) -> pd.DataFrame:
         """``cal_date`` (date), ``is_open`` (bool) for the exchange, oldest first."""
         what = f"the {self._exchange} calendar from {start} to {end}"
@@ -159,7 +163,10 @@ class TushareSource:
     def _to_bars(self, raw: pd.DataFrame, ticker: str, api_name: str, what: str) -> pd.DataFrame:
         require_columns(raw, ("trade_date", "close"), api_name, what)
         bars = pd.DataFrame(
-            {"ticker": ticker, "trade_date": parse_dates(raw["trade_date"], api_name, what)}
+            {
+                "ticker": _reply_tickers(raw, ticker),
+                "trade_date": parse_dates(raw["trade_date"], api_name, what),
+            }
         )
         for column, source in (
             ("open", "open"),
@@ -186,3 +193,12 @@ class TushareSource:
         # Pages never overlap, so a repeated date is a server quirk; the newest reply wins.
         factors = factors[~factors.index.duplicated(keep="first")]
         return pd.Series(dates.map(factors).astype("float64").to_numpy(), index=dates.index)
+
+
+def _reply_tickers(raw: pd.DataFrame, ticker: str) -> pd.Series:
+    """The ``ts_code`` each reply row carries (the requested ticker where it carries none): a
+    row for another ticker is passed on as such, for the ingest to reject, never relabelled."""
+    if "ts_code" not in raw.columns:
+        return pd.Series(ticker, index=raw.index, dtype=object)
+    codes = raw["ts_code"].astype("string").str.strip().str.upper()
+    return pd.Series(codes.fillna(ticker).to_numpy(dtype=object), index=raw.index, dtype=object)

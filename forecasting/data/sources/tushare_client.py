@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the real import is deferred: ``import tushare`` takes about
 
 log = logging.getLogger(__name__)
 
-#: Rows tushare returns at most per call; a full page means there may be older rows.
+#: Rows tushare documents as its per-call caps; real caps vary, so paging never relies on them.
 DEFAULT_PAGE_SIZE: Mapping[str, int] = {
     "daily": 6000,
     "index_daily": 8000,
@@ -140,8 +140,9 @@ class TushareClient:
         retries: retries after the first attempt on rate limits, network errors and HTTP 5xx.
         backoff: first retry delay in seconds; it doubles on each further retry.
         timeout: HTTP timeout per request in seconds.
-        page_size: rows per call after which another (older) page is requested; ``None`` uses
-            :data:`DEFAULT_PAGE_SIZE`.
+        page_size: the rows per call the server is expected to cap replies at (``None``:
+            :data:`DEFAULT_PAGE_SIZE`); informational only, since paging continues until a
+            reply holds no older row, whatever a page's length.
         limiter: called before every request, and waits as long as needed to keep the rate
             (a :class:`~forecasting.data.sources.rate_limit.TokenBucket`); ``None`` never waits.
     """
@@ -165,7 +166,9 @@ class TushareClient:
         self.__token = token
         self._retries = retries
         self._backoff = backoff
-        self._page_size = page_size
+        self._timeout = timeout
+        self._page_size = page_size  # informational: paging never trusts a page's length
+        self._deadline: float | None = None
         self._limiter = limiter
 
         import tushare
@@ -177,8 +180,13 @@ class TushareClient:
         if http_url is not None:
             # DataApi keeps its URL in a private (name-mangled) attribute and offers no setter.
             api._DataApi__http_url = http_url.rstrip("/")
+        self._api = api
         self._recorder = _ResponseRecorder()
         self._query = _observed_query(api, self._recorder)
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """Stop waiting, retrying and requesting at ``deadline`` (``time.monotonic()``)."""
+        self._deadline = deadline
 
     def paged(
         self,
@@ -190,8 +198,10 @@ class TushareClient:
         what: str,
         date_field: str = "trade_date",
     ) -> pd.DataFrame:
-        """All rows in ``[start, end]``; tushare caps rows per call, newest first, so page back."""
-        limit = self._page_size or DEFAULT_PAGE_SIZE.get(api_name, 5000)
+        """All rows in ``[start, end]``. tushare sends the newest rows first and caps each reply
+        (at a number that varies by account, API and time), so it pages back, each time up to
+        the day before the oldest row so far, until a reply holds no older row: however short
+        the server's pages are, no history is cut off."""
         pages: list[pd.DataFrame] = []
         page_end = end
         while page_end >= start:
@@ -199,19 +209,18 @@ class TushareClient:
             page = self._call(api_name, call, fields, what)
             if page.empty:
                 break
+            require_columns(page, (date_field,), api_name, what)
+            dates = parse_dates(page[date_field], api_name, what)
             pages.append(page)
-            if len(page) < limit:
+            # Rows outside what was asked are passed on (the ingest rejects them, saying so);
+            # only rows inside it move the paging on.
+            inside = [d for d in dates if start <= d <= page_end]
+            if not inside:  # nothing older came back (a server ignoring end_date included)
                 break
-            if date_field not in page.columns:
-                require_columns(page, (date_field,), api_name, what)
-            oldest = parse_dates(page[date_field], api_name, what)
-            next_end = min(oldest) - dt.timedelta(days=1)
-            if next_end >= page_end:  # the server ignored end_date: stop rather than loop forever
-                raise SourceError(
-                    f"tushare {api_name} for {what}: paging made no progress at {page_end}; "
-                    "the server did not honour end_date"
-                )
-            page_end = next_end
+            oldest = min(inside)
+            if oldest <= start:  # the range is covered: nothing older was asked for
+                break
+            page_end = oldest - dt.timedelta(days=1)
         if not pages:
             return pd.DataFrame()
         rows = pd.concat(pages, ignore_index=True) if len(pages) > 1 else pages[0]
@@ -232,12 +241,15 @@ class TushareClient:
         attempts = self._retries + 1
         reason = ""
         for attempt in range(attempts):
+            self._check_deadline(api_name, what, reason)
             try:
                 return self._call_once(api_name, params, fields, what)
             except _Retryable as exc:
                 reason = str(exc)
             if attempt + 1 < attempts:
                 delay = self._backoff * 2**attempt
+                if self._deadline is not None:
+                    delay = min(delay, max(0.0, self._deadline - time.monotonic()))
                 log.warning(
                     "%s",
                     self._scrub(
@@ -252,6 +264,21 @@ class TushareClient:
                 "try again later, or raise the retry count/backoff"
             )
         )
+
+    def _check_deadline(self, api_name: str, what: str, reason: str) -> None:
+        """Raise once the deadline has passed; else bound the next request's HTTP timeout by it."""
+        if self._deadline is None:
+            return
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            after = f" (last failure: {reason})" if reason else ""
+            raise SourceError(
+                self._scrub(
+                    f"tushare {api_name} for {what}: the ingest's deadline passed{after}; "
+                    "raise the deadline (ingest_deadline_s) or try again later"
+                )
+            )
+        self._api._DataApi__timeout = max(0.1, min(self._timeout, left))  # name-mangled upstream
 
     def _call_once(
         self, api_name: str, params: Mapping[str, str], fields: str, what: str
