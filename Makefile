@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/daily.py
 	$(BIN)/python benchmarks/backfill.py
+	$(BIN)/python benchmarks/cli_startup.py
 
 # Resolve pyproject.toml in a fresh virtualenv and pin what it got (local version tags such as
 # +cpu dropped, so the pin matches the CPU wheel on disk). Commit the result with the change.

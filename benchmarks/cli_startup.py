@@ -12,16 +12,22 @@ earlier one. The target is 0.5 s of wall time for both commands.
 
 from __future__ import annotations
 
-import argparse
-import os
-import resource
-import statistics
-import subprocess
 import sys
-import tarfile
-import tempfile
-import time
 from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where benchmarks/signal.py would stand
+# in for the standard library's signal module that subprocess imports.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tarfile  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The last commit with the hand-written argparse command line.

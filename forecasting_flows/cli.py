@@ -26,7 +26,7 @@ import typer
 
 from forecasting.clock import Clock, real_clock
 from forecasting.errors import ForecastingError
-from forecasting_flows import commands
+from forecasting_flows import commands, logs
 from forecasting_flows.options import TICKER_FLAGS
 
 #: The exit status of a process killed by SIGPIPE, which is what a reader that stops early
@@ -41,7 +41,6 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "prices": commands.prices,
     "calendar": commands.calendar,
     "train": commands.train,
-    "models": commands.models,
     "run": commands.run,
     "demo": commands.demo,
     "backfill": commands.backfill,
@@ -102,7 +101,8 @@ def _global(
 ) -> None:
     session = ctx.ensure_object(commands.Session)
     session.verbose = verbose
-    _configure_logging(verbose, log_file, log_json)
+    logs.configure(verbose=verbose, log_file=log_file, as_json=log_json)
+    ctx.with_resource(logs.around_bars())
     # Quiet Prefect in the terminal; but served runs are read in the UI, and they inherit this
     # process's environment, so `serve` keeps Prefect's INFO lines.
     for name, value in (
@@ -115,19 +115,20 @@ def _global(
         os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def _configure_logging(verbose: bool, log_file: str | None, log_json: bool) -> None:
-    import logging
-
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Our own progress at INFO; third-party chatter (httpx, the Prefect server) stays quiet.
-    logging.getLogger("forecasting").setLevel(logging.DEBUG if verbose else logging.INFO)
-
+#: ``forecasting NAME`` lists; ``forecasting NAME SUB`` runs one of its subcommands.
+GROUPS: dict[str, tuple[Callable[..., Any], dict[str, Callable[..., Any]]]] = {
+    "models": (commands.models, {"promote": commands.promote, "rollback": commands.rollback}),
+    "sql": (commands.sql, {"list": commands.sql_list, "show": commands.sql_show}),
+}
 
 for _name, _fn in COMMANDS.items():
     app.command(_name, epilog=EPILOG)(_fn)
+for _name, (_fn, _subcommands) in GROUPS.items():
+    _group = typer.Typer(add_completion=False, rich_markup_mode=None)
+    _group.callback(invoke_without_command=True, epilog=EPILOG)(_fn)
+    for _sub, _subfn in _subcommands.items():
+        _group.command(_sub, epilog=EPILOG)(_subfn)
+    app.add_typer(_group, name=_name)
 
 
 def _hoist(argv: Sequence[str]) -> list[str]:
@@ -190,9 +191,12 @@ def main(argv: Sequence[str] | None = None, clock: Clock = real_clock) -> int:
         if not _stdout_is_broken():
             raise
         return EXIT_BROKEN_PIPE
-    except (KeyboardInterrupt, typer.Abort):
-        print("interrupted; a rerun resumes where this stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        # SIGTERM arrives as an Interrupted (a KeyboardInterrupt) carrying its exit status, 143.
+        print(
+            f"interrupted ({exc or 'SIGINT'}); a rerun resumes where this stopped", file=sys.stderr
+        )
+        return int(getattr(exc, "exit_code", EXIT_INTERRUPTED))
 
 
 def _error(session: commands.Session, message: str) -> None:

@@ -17,26 +17,28 @@ import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from forecasting.choices import SourceName
 from forecasting.clock import Clock, real_clock, trading_today
 from forecasting.errors import InputError
+from forecasting_flows.logs import already_shown
 from forecasting_flows.options import (
     End,
     Format,
     Lineage,
     Start,
     Tickers,
+    UniverseOption,
     date_option,
     flag,
 )
 from forecasting_flows.options import (
     tickers as _tickers,
 )
-from forecasting_flows.output import emit, print_summary
+from forecasting_flows.output import emit, emit_tables, print_summary, progress, result
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -183,6 +185,7 @@ def ingest(
     ctx: typer.Context,
     source: Source = None,
     tickers: Tickers = None,
+    universe: UniverseOption = None,
     start: Annotated[
         dt.date | None,
         date_option(
@@ -203,50 +206,127 @@ def ingest(
             help="file or folder for --source csv", show_default="the source_path setting"
         ),
     ] = None,
+    encoding: Annotated[
+        str | None,
+        typer.Option(
+            help="text encoding of CSV files, e.g. gbk", show_default="UTF-8 or GBK, detected"
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="tushare: seconds per HTTP request", show_default="ingest.tushare_timeout"
+        ),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(help="tushare: retries per request", show_default="ingest.tushare_retries"),
+    ] = None,
+    backoff: Annotated[
+        float | None,
+        typer.Option(
+            help="tushare: first retry delay in seconds, doubling",
+            show_default="ingest.tushare_backoff",
+        ),
+    ] = None,
+    deadline: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds the whole ingest may take; then it stops and fails",
+            show_default="ingest.deadline_s",
+        ),
+    ] = None,
+    reread_days: Annotated[
+        int | None,
+        typer.Option(
+            help="days before the last stored bar fetched again (vendors revise them)",
+            show_default="ingest.reread_days",
+        ),
+    ] = None,
 ) -> int:
     """Ingest daily bars incrementally and idempotently.
 
+    Exits 0 only when every ticker landed; partial and failed runs exit 1 and say so last.
     With --source csv, a file without a ts_code column holds the one ticker --tickers names.
     """
-    from forecasting.data.ingest import ingest as run_ingest
-    from forecasting.data.provenance import chosen_source
-    from forecasting.data.sources import make_source
+    from dataclasses import replace
+    from pathlib import Path
 
     session = _session(ctx)
     s = session.settings
+    given: dict[str, Any] = {
+        "tushare_timeout": timeout,
+        "tushare_retries": retries,
+        "tushare_backoff": backoff,
+        "deadline_s": deadline,
+        "reread_days": reread_days,
+    }
+    for name, value in given.items():
+        if value is not None and value < 0:
+            raise InputError(
+                f"--{name.removeprefix('tushare_').replace('_', '-')} {value} is below 0"
+            )
+    knobs = replace(s.ingest, **{k: v for k, v in given.items() if v is not None})
     chosen = _tickers(tickers)
+    from forecasting.data.source_choice import chosen_source
+
     source_name = chosen_source(source or s.source)
+    last = end or session.today()
+    check_range(start, last, end_is_today=end is None)
+    progress(f"ingest from {source_name} into the database: loading ...")
+    from forecasting.data.ingest import ingest as run_ingest
+    from forecasting.data.ingest import ingest_options, source_options
+    from forecasting.data.sources import make_source
+    from forecasting.data.universe import ingest_tickers
+
+    where = path or s.source_path
+    # --tickers names the ticker of one file without a ts_code; a folder's files name their own.
+    one_file = where is not None and not Path(where).expanduser().is_dir()
     source_obj = make_source(
         source_name,
         token=s.tushare_token.value,
-        path=path or s.source_path,
-        ticker=chosen[0] if source_name == "csv" and chosen and len(chosen) == 1 else None,
+        path=where,
+        ticker=chosen[0]
+        if source_name == "csv" and one_file and chosen and len(chosen) == 1
+        else None,
+        **source_options(source_name, knobs, encoding=encoding),
     )
-    last = end or session.today()
-    check_range(start, last, end_is_today=end is None)
+    engine = _engine(s)
+    spec = chosen or universe or s.universe or s.tickers
     report = run_ingest(
-        _engine(s),
+        engine,
         source_obj,
-        tickers=chosen or (list(s.tickers) or None),
+        tickers=ingest_tickers(engine, source_obj, spec, start=start, end=last),
         start=start,
         end=last,
         history_start=s.history_start,
         progress=None,
+        today=session.today(),
+        **ingest_options(knobs),
     )
-    print(report.summary())
-    return 0 if report.status in ("success", "partial") else 1
+    result(report.summary())
+    return 0 if report.status == "success" else 1
 
 
 def prices(ctx: typer.Context, format: Format = "table") -> None:
-    """List tickers with their date ranges and row counts."""
-    from forecasting.data.prices import price_summary
+    """List tickers with their date ranges and row counts, and their reference data."""
+    from forecasting.data.inventory import price_summary
+    from forecasting.data.listings import load_listings
 
     with _existing(_session(ctx).settings).connect() as conn:
         rows = price_summary(conn)
+        listings = load_listings(conn, [r[0] for r in rows])
     columns = ["ticker", "kind", "first_date", "last_date", "rows"]
+    reference = ["name", "board", "industry", "list_date", "delist_date"]
     emit(
-        [dict(zip(columns, r, strict=False)) for r in rows],
-        columns,
+        [
+            {
+                **dict(zip(columns, r, strict=False)),
+                **{k: getattr(listings.get(r[0]), k, None) for k in reference},
+            }
+            for r in rows
+        ],
+        [*columns, *reference],
         format,
         empty="no prices yet; run `forecasting ingest`",
     )
@@ -290,28 +370,52 @@ def train(
     finetune: Annotated[bool, flag("--finetune", "warm-start from the active version")] = False,
     through: Annotated[
         dt.date | None,
-        date_option(
-            "training cutoff",
-            show_default="the latest price date",
-        ),
+        date_option("training cutoff", show_default="the latest price date"),
     ] = None,
+    force: Annotated[
+        bool,
+        flag(
+            "--force",
+            "make the new version active even if it does not beat the active one on validation",
+        ),
+    ] = False,
 ) -> None:
-    """Train a model version now (from scratch by default, or fine-tune the active one)."""
-    from forecasting.pipeline.refit import train as run_train
+    """Train a model version now (from scratch by default, or fine-tune the active one).
 
+    The new version replaces the active one only if it beats it on the same validation
+    windows, unless --force; either way the decision is recorded in model_checks.
+    """
     if full and finetune:
         raise InputError("--full and --finetune exclude each other; pass one")
     s = _session(ctx).settings
-    for o in run_train(_working(s), s, through=through, finetune=finetune):
+    progress(f"train ({'fine-tune' if finetune else 'from scratch'}): loading ...")
+    from forecasting.pipeline.promotion import promote
+    from forecasting.pipeline.refit import train as run_train
+
+    engine = _working(s)
+    for o in run_train(engine, s, through=through, finetune=finetune):
         print(
             f"{o.scope}: {o.action} -> version {o.new_version_id} "
             f"({'active' if o.promoted else 'rejected'}); validation RMSE/naive "
             f"{o.candidate_ratio:.3f}; {o.train_seconds:.1f}s. {o.reason}"
         )
+        if force and not o.promoted and o.new_version_id is not None:
+            change = promote(
+                engine, o.new_version_id, reason="forecasting train --force: made active anyway"
+            )
+            print(f"{change.message} (--force)")
 
 
 def models(ctx: typer.Context, format: Format = "table", lineage: Lineage = "all") -> None:
-    """List model versions with their validation metrics (and why one was retired)."""
+    """List model versions with their lineage and validation metrics (and why one was
+    retired); promote or roll back by hand.
+
+    `forecasting models promote VERSION --reason TEXT` makes a retired or rejected version
+    active; `forecasting models rollback --reason TEXT` brings back the previous champion.
+    Both are recorded in model_checks.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from forecasting.model.registry import list_versions
     from forecasting.pipeline.scopes import lineage_of
 
@@ -357,6 +461,36 @@ def models(ctx: typer.Context, format: Format = "table", lineage: Lineage = "all
     emit(rows, columns, format, empty="no model versions yet; run `forecasting train --full`")
 
 
+Reason = Annotated[
+    str,
+    typer.Option(metavar="TEXT", help="why, in words; recorded in model_checks.reason"),
+]
+
+
+def promote(
+    ctx: typer.Context,
+    version: Annotated[
+        int, typer.Argument(metavar="VERSION", help="the version id (`forecasting models`)")
+    ],
+    reason: Reason,
+) -> None:
+    """Make a retired or rejected version the active one of its scope."""
+    from forecasting.pipeline.promotion import promote as run_promote
+
+    print(run_promote(_existing(_session(ctx).settings), version, reason=reason).message)
+
+
+def rollback(
+    ctx: typer.Context,
+    reason: Reason,
+    scope: Annotated[str, typer.Option(help="the model scope")] = "global",
+) -> None:
+    """Bring back the scope's previous champion; the current one is marked rejected."""
+    from forecasting.pipeline.promotion import rollback as run_rollback
+
+    print(run_rollback(_existing(_session(ctx).settings), scope=scope, reason=reason).message)
+
+
 def _run_daily(**params: Any) -> Any:
     from forecasting_flows.daily import daily
 
@@ -379,16 +513,20 @@ def run(
         bool, flag("--rerun", "recompute even if this as-of is already complete")
     ] = False,
     tickers: Tickers = None,
+    universe: UniverseOption = None,
     no_ingest: Annotated[bool, flag("--no-ingest", "skip the incremental ingest step")] = False,
     no_prefect: Annotated[
         bool, flag("--no-prefect", "run the library pipeline without Prefect")
     ] = False,
 ) -> int:
     """Run the daily pipeline (as a Prefect flow)."""
-    from forecasting.pipeline.daily import closed_day, run_pipeline
-
     session = _session(ctx)
     s = session.settings
+    if universe:
+        s = s.with_overrides(universe=universe)
+    progress(f"daily run as of {as_of or 'the latest trading day'}: starting ...")
+    from forecasting.pipeline.daily import closed_day, run_pipeline
+
     today = session.today()
     chosen = _tickers(tickers)
     engine = _working(s)
@@ -420,12 +558,28 @@ def run(
                 rerun=rerun,
                 tickers=chosen,
                 ingest=not no_ingest,
+                universe=universe,
             )
+    if as_of is not None and summary.as_of is not None and summary.as_of != as_of:
+        print(as_of_note(as_of, summary.as_of))
     print_summary(summary, s)
     return 0 if summary.status in ("success", "already-complete", "not-a-trading-day") else 1
 
 
-def demo(ctx: typer.Context) -> int:
+def as_of_note(asked: dt.date, used: dt.date) -> str:
+    """Says that the run's day is not the one asked for, and why."""
+    return (
+        f"note: forecasting as of {used:%A} {used}, the latest trading day with prices on or "
+        f"before --as-of {asked} ({asked:%A}); ingest that day's prices to forecast from it"
+    )
+
+
+def demo(
+    ctx: typer.Context,
+    rerun: Annotated[
+        bool, flag("--rerun", "recompute the day's forecasts if the demo already made them")
+    ] = False,
+) -> int:
     """Ingest the demo market, train, run the daily pipeline and print forecasts."""
     from forecasting.data.calendar import TradingCalendar
     from forecasting.data.ingest import ingest as run_ingest
@@ -442,7 +596,8 @@ def demo(ctx: typer.Context) -> int:
         end=today,
         history_start=s.history_start,
     )
-    print("      " + report.summary().replace("\n", "\n      "))
+    if not already_shown(report.summary()):
+        print("      " + report.summary().replace("\n", "\n      "))
     # The demo runs every day: on a closed day it forecasts as of the last trading day, where
     # the daily flow (which runs on trading days) would have nothing to do.
     with engine.connect() as conn:
@@ -455,7 +610,7 @@ def demo(ctx: typer.Context) -> int:
         flush=True,
     )
     with _prefect():
-        summary = _run_daily(as_of=as_of.isoformat(), ingest=False)
+        summary = _run_daily(as_of=as_of.isoformat(), ingest=False, rerun=rerun)
     print("[3/3] done.\n")
     print_summary(summary, s)
     return 0 if summary.status in ("success", "already-complete") else 1
@@ -483,12 +638,16 @@ def backfill(
     """
     check_range(start, end)
     _working(_session(ctx).settings)  # a bad setting or no database fails here, before Prefect
+    progress(f"backfill {start} to {end}: starting a local Prefect server ...")
     from forecasting_flows.backfill import backfill as run_backfill
 
     with _prefect():
         # The flow shows a progress bar itself when stderr is a terminal.
         result = run_backfill(start=start, end=end, tickers=_tickers(tickers))
     print(result if isinstance(result, str) else getattr(result, "message", result))
+
+
+EvaluationTable = Literal["overall", "by_horizon", "by_ticker", "refits"]
 
 
 def evaluate(
@@ -509,19 +668,39 @@ def evaluate(
     ] = None,
     tickers: Tickers = None,
     lineage: Lineage = "live",
+    format: Format = "table",
+    table: Annotated[
+        EvaluationTable,
+        typer.Option(help="the table --format csv prints (json prints all four)"),
+    ] = "by_horizon",
 ) -> None:
-    """Accuracy of stored forecasts against realized closes: RMSE, MAE, MAPE, ratio to naive,
-    direction, coverage, retrain cost; of one lineage's forecasts and refits."""
-    from forecasting.evaluation.evaluation import evaluate as run_evaluate
+    """Accuracy of stored forecasts against realized closes.
 
+    RMSE, MAE, MAPE, ratio to naive, direction, coverage, and the retrain cost, of one
+    lineage's forecasts and refits.
+    """
     check_range(start, end)
     engine = _existing(_session(ctx).settings)
     _known_lineage(engine, lineage)
+    progress("evaluate: reading forecasts and realized closes ...")
+    from forecasting.evaluation.evaluation import evaluate as run_evaluate
+
     with engine.connect() as conn:
         report = run_evaluate(
             conn, start=start, end=end, tickers=_tickers(tickers), lineage=lineage
         )
-    print(report.to_text())
+    if format == "table":
+        print(report.to_text())
+        return
+    frames = report.to_frames()
+    rows = {
+        name: [{str(k): v for k, v in r.items()} for r in frame.to_dict("records")]
+        for name, frame in frames.items()
+    }
+    if format == "json":
+        emit_tables(rows)
+    else:
+        emit(rows[table], [str(c) for c in frames[table].columns], "csv")
 
 
 def report(
@@ -535,12 +714,13 @@ def report(
     lineage: Lineage = "live",
 ) -> None:
     """Write an HTML report with plots, of one lineage's forecasts."""
-    from forecasting.evaluation.report import write_report
-
     check_range(start, end)
     s = _session(ctx).settings
     engine = _existing(s)
     _known_lineage(engine, lineage)
+    progress("report: reading forecasts and drawing plots ...")
+    from forecasting.evaluation.report import write_report
+
     path = write_report(
         engine,
         out or s.report_dir,
@@ -567,3 +747,26 @@ def config(ctx: typer.Context, format: Format = "table") -> None:
     from forecasting.settings import load_settings_and_origins
 
     emit(load_settings_and_origins().rows(), ["setting", "value", "origin", "variable"], format)
+
+
+def sql(ctx: typer.Context, format: Format = "table") -> None:
+    """The SQL queries users run (latest forecasts, one ticker's path, retrain history,
+    accuracy): `forecasting sql` lists them, `forecasting sql show NAME` prints one."""
+    if ctx.invoked_subcommand is None:
+        sql_list(format)
+
+
+def sql_list(format: Format = "table") -> None:
+    """List the queries, each with what it answers."""
+    from forecasting_flows.queries import all_queries
+
+    emit([{"name": q.name, "what": q.summary} for q in all_queries()], ["name", "what"], format)
+
+
+def sql_show(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="a name from `forecasting sql list`")],
+) -> None:
+    """Print one query, to read or to pipe into sqlite3 or psql."""
+    from forecasting_flows.queries import query
+
+    print(query(name).text, end="")

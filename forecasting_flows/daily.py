@@ -178,6 +178,7 @@ def daily(
     tickers: Sequence[str] | None = None,
     ingest: bool = True,
     shard_size: int = 250,
+    universe: str | None = None,
 ) -> RunSummary:
     """Forecast the next H trading days for every eligible ticker and write them to the
     forecasts table, after ingesting the day's prices and checking the model for drift.
@@ -194,9 +195,12 @@ def daily(
         ingest: Ingest new prices first, each ticker from its own source (the configured
             source for tickers that have none yet; with none configured, nothing).
         shard_size: Tickers per forecast task (the unit that spreads over Dask workers).
+        universe: "all", "index:000300.SH" or a ticker list (default: the universe setting).
     """
     log = get_run_logger()
     s = settings()
+    if universe:
+        s = s.with_overrides(universe=universe)
     cfg = RunConfig.of(s)  # what the tasks get: no token
     engine = engine_for(s.database_url)
     today = as_of or _today()

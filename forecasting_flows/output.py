@@ -21,7 +21,7 @@ SQL_HINT = """\
 Read the forecasts with SQL, e.g. (sqlite3 {db} or psql):
   SELECT ticker, target_date, horizon, yhat, yhat_lower, yhat_upper
   FROM latest_forecasts WHERE as_of_date = '{as_of}' ORDER BY ticker, horizon;
-More queries in sql/queries/ (latest per ticker, one ticker's path, retrain history)."""
+More queries: `forecasting sql list` (latest per ticker, one ticker's path, retrain history)."""
 
 
 def _cell(v: Any) -> str:
@@ -40,6 +40,8 @@ def _plain(v: Any) -> Any:
         return None
     if v is None or isinstance(v, bool | int | float | str):
         return v
+    if hasattr(v, "item"):  # a numpy scalar from a DataFrame
+        return _plain(v.item())
     return str(v)
 
 
@@ -73,14 +75,44 @@ def emit(
         print(table(rows, columns))
 
 
+def emit_tables(tables: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    """Several named tables as one JSON object of row lists."""
+    import json
+
+    plain = {
+        name: [{k: _plain(v) for k, v in r.items()} for r in rows] for name, rows in tables.items()
+    }
+    json.dump(plain, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """A plain fixed-width table for terminal output."""
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    lines += [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     return "\n".join(lines)
+
+
+def progress(text: str) -> None:
+    """A milestone of a long command, logged at once (before its heavy imports), so that a
+    person sees within a second that it started and what it does."""
+    import logging
+
+    logging.getLogger("forecasting.cli").info(text)
+
+
+def result(text: str) -> None:
+    """Print a command's result on stdout, unless the terminal has just shown it as a log line
+    (both streams on one terminal): said once, and always there for a pipe or a file."""
+    from forecasting_flows.logs import already_shown
+
+    if not already_shown(text):
+        print(text)
 
 
 def print_summary(summary: Any, s: Settings) -> None:
@@ -106,7 +138,8 @@ def print_summary(summary: Any, s: Settings) -> None:
     if summary.skipped:
         print(f"\nSkipped {len(summary.skipped)}:")
         for t, why in sorted(summary.skipped.items()):
-            print(f"  {t}: {why}")
+            # Each reason names its ticker already ("600519.SH: no prices on or before ...").
+            print(f"  {t}: {why.removeprefix(f'{t}: ')}")
     if summary.as_of:
         db = (
             s.database_url.removeprefix("sqlite:///")

@@ -20,8 +20,10 @@ from sqlalchemy import String, and_, bindparam, func, insert, select, type_coerc
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from forecasting.data.inventory import PriceSummaryRow as PriceSummaryRow
+from forecasting.data.inventory import price_summary as price_summary
 from forecasting.data.price_limits import NO_LIMIT_DAYS
-from forecasting.data.schema import prices, revisions, securities
+from forecasting.data.schema import prices, revisions
 from forecasting.data.sources.base import VALUE_COLUMNS
 from forecasting.data.validation import Stored
 
@@ -91,34 +93,6 @@ def _qfq(close: np.ndarray, factor: np.ndarray) -> np.ndarray:
         factor = pd.Series(factor).ffill().bfill().to_numpy()
     adjusted: np.ndarray = close * (factor / factor[-1])  # [T] * [T] -> [T]
     return adjusted
-
-
-class PriceSummaryRow(NamedTuple):
-    """One line of the ``prices`` command: what is stored for a ticker."""
-
-    ticker: str
-    kind: str | None
-    first_date: dt.date
-    last_date: dt.date
-    rows: int
-
-
-def price_summary(conn: Connection) -> list[PriceSummaryRow]:
-    """Per ticker: kind (from ``securities``), first and last stored date, row count."""
-    c = prices.c
-    query = (
-        select(
-            c.ticker,
-            securities.c.kind,
-            func.min(c.trade_date),
-            func.max(c.trade_date),
-            func.count(),
-        )
-        .select_from(prices.outerjoin(securities, securities.c.ticker == c.ticker))
-        .group_by(c.ticker, securities.c.kind)
-        .order_by(c.ticker)
-    )
-    return [PriceSummaryRow(t, k, lo, hi, int(n)) for t, k, lo, hi, n in conn.execute(query)]
 
 
 def last_price_dates(conn: Connection) -> dict[str, dt.date]:

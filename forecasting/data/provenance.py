@@ -15,22 +15,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
 from forecasting.data.schema import prices, securities
+from forecasting.data.source_choice import HOW_TO_SET as HOW_TO_SET
+from forecasting.data.source_choice import chosen_source as chosen_source
 from forecasting.errors import InputError
 
 DEMO = "demo"
-
-#: What to say when a run has no source for a ticker.
-HOW_TO_SET = (
-    "set FORECASTING_SOURCE (tushare or csv, with FORECASTING_SOURCE_PATH) or `source` in "
-    "forecasting.toml, or ingest it once with `forecasting ingest --source ...`"
-)
-
-
-def chosen_source(name: str | None) -> str:
-    """The source a command or flow was given, or :class:`InputError` saying how to set one."""
-    if not name:
-        raise InputError(f"no price source is configured; {HOW_TO_SET} (or pass --source)")
-    return name
 
 
 def record_source(conn: Connection, ticker: str, source: str) -> None:

@@ -1,12 +1,19 @@
-"""An HTML report with plots: how the forecasts did, when the model was refit, how it trained.
+"""An HTML report people look at: plots first, on one screen; tables after, never ``NaN``.
 
-``write_report`` writes ``<out_dir>/index.html`` and PNGs next to it:
+``write_report`` writes ``<out_dir>/index.html`` and PNGs next to it, for one lineage whose name
+heads the page:
 
-- ``forecast_<ticker>.png``: actual closes against the horizon-1 forecasts with their interval
-  band, and the newest ``as_of`` forecast path (every horizon) with its band;
-- ``error_by_horizon.png``: RMSE per horizon against naive persistence;
-- ``rolling_rmse.png``: the rolling RMSE ratio to persistence over ``check_window`` forecast
-  days, with the retrain threshold and the refits from ``model_checks`` marked;
+- ``forecast_<ticker>.png``: actual closes with the horizon-1 forecasts and their interval, and
+  the newest forecast path with its fan (every horizon);
+- ``accuracy_over_time.png``: RMSE over naive persistence's, rolling over ``check_window``
+  forecast days, per horizon, on errors scaled by each forecast's as-of close, so every ticker
+  weighs the same whatever its price (pooled price units let an index at 3,000 drown a stock at
+  10), with the retrain threshold;
+- ``decisions.png``: every model check's ratio to naive and the threshold that fired, the refits
+  told apart (retrain or fine-tune; promoted filled, rejected hollow), and changes made by hand;
+- ``coverage.png``: the share of closes inside the forecast interval, rolling, per horizon,
+  against the nominal level;
+- ``error_by_horizon.png``: the same scale-free ratio per horizon, with each ticker's own;
 - ``training_loss.png``: train and validation loss per epoch of the newest model versions.
 
 Plots use matplotlib's object API (``Figure``, Agg canvas) and never pyplot, so rendering
@@ -26,10 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from sqlalchemy import Date, bindparam, text
+from sqlalchemy import Boolean, Date, bindparam, text
 from sqlalchemy.engine import Connection, Engine
 
-from forecasting.evaluation.evaluation import EvaluationReport, evaluate, load_errors, load_refits
+from forecasting.evaluation.evaluation import EvaluationReport, evaluate, load_errors
 from forecasting.settings import Settings
 
 INDEX = "index.html"
@@ -133,7 +140,7 @@ def plot_ticker(
     conn: Connection, ticker: str, errors: pd.DataFrame, end: dt.date | None, path: Path
 ) -> Path:
     """Actual closes, horizon-1 forecasts with their band, and the newest forecast path."""
-    fig = Figure(figsize=(9, 4))
+    fig = Figure(figsize=(5, 2.8))
     h1 = errors[(errors["ticker"] == ticker) & (errors["horizon"] == 1)].sort_values("target_date")
     latest = _latest_path(conn, ticker, end)
     dates = list(h1["target_date"]) + list(latest["as_of_date"]) + list(latest["target_date"])
@@ -182,28 +189,57 @@ def plot_ticker(
     return _save(fig, path)
 
 
-def plot_error_by_horizon(report: EvaluationReport, path: Path) -> Path:
-    """Model RMSE next to naive persistence's, per horizon, with the ratio on top."""
-    fig = Figure(figsize=(7, 4))
-    by_h = report.by_horizon
-    if by_h.empty:
-        _no_data(fig, "no forecasts with a realized close yet")
+def scale_free(errors: pd.DataFrame) -> pd.DataFrame:
+    """The error rows with ``error`` and ``naive_error`` divided by the forecast's as-of close:
+    a fraction of the price, comparable across tickers."""
+    base = errors["base_close"].where(errors["base_close"] != 0)
+    return errors.assign(error=errors["error"] / base, naive_error=errors["naive_error"] / base)
+
+
+def _shown_horizons(errors: pd.DataFrame) -> list[int]:
+    """Horizon 1, the middle one and the last: enough lines to read, the whole range."""
+    hs = sorted(int(h) for h in errors["horizon"].unique())
+    return sorted({hs[0], hs[len(hs) // 2], hs[-1]}) if hs else []
+
+
+def plot_error_by_horizon(errors: pd.DataFrame, path: Path) -> Path:
+    """Per horizon: RMSE over naive RMSE on scale-free errors, all tickers pooled (bar), and
+    each ticker's own ratio (dots)."""
+    fig = Figure(figsize=(5, 2.8))
+    if errors.empty:
+        _no_data(fig, NO_SCORES)
         return _save(fig, path)
+    rel = scale_free(errors)
     ax = fig.add_subplot()
-    x = by_h["horizon"].to_numpy()  # [H]
-    ax.bar(x - 0.2, by_h["rmse"].to_numpy(), width=0.4, label="model RMSE")
-    ax.bar(x + 0.2, by_h["naive_rmse"].to_numpy(), width=0.4, label="naive RMSE", color="grey")
-    for xi, r, top in zip(
-        x, by_h["rmse_ratio"], np.maximum(by_h["rmse"], by_h["naive_rmse"]), strict=True
-    ):
-        if not math.isnan(r):
-            ax.annotate(f"{r:.2f}", (xi, top), ha="center", va="bottom", fontsize=8)
+    pooled = _ratios(rel, ["horizon"])  # [H]
+    x = pooled.index.to_numpy()
+    ax.bar(x, pooled.to_numpy(), width=0.6, color="tab:blue", alpha=0.6, label="all tickers")
+    per_ticker = _ratios(rel, ["horizon", "ticker"])  # [H x tickers]
+    ax.scatter(
+        [h for h, _ in per_ticker.index],
+        per_ticker.to_numpy(),
+        s=10,
+        color="black",
+        alpha=0.5,
+        label="one ticker",
+    )
+    ax.axhline(1.0, color="grey", lw=0.8, label="naive persistence")
     ax.set_xticks(x)
     ax.set_xlabel("horizon (trading days)")
-    ax.set_ylabel("RMSE (price units)")
-    ax.set_title("Error by horizon (labels: ratio to naive)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("RMSE / naive RMSE")
+    ax.set_title("Error by horizon, scale-free (below 1 beats naive)")
+    ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def _ratios(errors: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """RMSE over naive RMSE per group of ``keys``."""
+    sq = errors.assign(se=errors["error"] ** 2, sn=errors["naive_error"] ** 2)
+    means = sq.groupby(keys)[["se", "sn"]].mean()
+    out: pd.Series = (np.sqrt(means["se"]) / np.sqrt(means["sn"].where(means["sn"] > 0))).astype(
+        "float64"
+    )
+    return out
 
 
 def rolling_ratio(errors: pd.DataFrame, window: int) -> pd.Series:
@@ -219,30 +255,153 @@ def rolling_ratio(errors: pd.DataFrame, window: int) -> pd.Series:
     return out
 
 
-def plot_rolling(
-    errors: pd.DataFrame, refits: pd.DataFrame, window: int, threshold: float, path: Path
+def plot_accuracy_over_time(
+    errors: pd.DataFrame, window: int, threshold: float, path: Path
 ) -> Path:
-    """The rolling ratio with the threshold line and the refit days marked."""
-    fig = Figure(figsize=(9, 4))
-    ratio = rolling_ratio(errors, window)
-    if ratio.empty:
-        _no_data(fig, "no forecasts with a realized close yet")
+    """The rolling scale-free ratio to naive of a few horizons, with the retrain threshold."""
+    fig = Figure(figsize=(5, 2.8))
+    if errors.empty:
+        _no_data(fig, NO_SCORES)
         return _save(fig, path)
+    rel = scale_free(errors)
     ax = fig.add_subplot()
-    ax.plot(list(ratio.index), ratio.to_numpy(), color="tab:blue", label=f"rolling {window}-day")
+    for h in _shown_horizons(rel):
+        ratio = rolling_ratio(rel[rel["horizon"] == h], window)
+        ax.plot(list(ratio.index), ratio.to_numpy(), lw=1.2, label=f"horizon {h}")
     if math.isfinite(threshold):
         ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:g}")
     ax.axhline(1.0, color="grey", lw=0.8, label="naive persistence")
-    styles = {"retrain": ("tab:red", "retrain"), "finetune": ("tab:orange", "fine-tune")}
-    for decision, (color, label) in styles.items():
-        days = sorted(set(refits.loc[refits["decision"] == decision, "as_of_date"]))
-        for i, d in enumerate(days):
-            ax.axvline(d, color=color, alpha=0.5, lw=1, label=label if i == 0 else None)
     ax.set_ylabel("RMSE / naive RMSE")
-    ax.set_title("Rolling error ratio, threshold and refits")
-    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"Accuracy vs persistence, rolling {window} days, scale-free")
+    ax.legend(fontsize=7, loc="best")
     fig.autofmt_xdate()
     return _save(fig, path)
+
+
+def plot_coverage(errors: pd.DataFrame, window: int, nominal: float, path: Path) -> Path:
+    """The rolling share of closes inside the interval, per shown horizon, and the nominal."""
+    fig = Figure(figsize=(5, 2.8))
+    if errors.empty:
+        _no_data(fig, NO_SCORES)
+        return _save(fig, path)
+    ax = fig.add_subplot()
+    for h in _shown_horizons(errors):
+        daily = (
+            errors[errors["horizon"] == h].groupby("as_of_date")["covered"].agg(["sum", "count"])
+        )
+        rolled = daily.sort_index().rolling(window, min_periods=1).sum()  # [D, 2]
+        share = rolled["sum"] / rolled["count"]
+        ax.plot(list(share.index), share.to_numpy(), lw=1.2, label=f"horizon {h}")
+    ax.axhline(nominal, color="tab:red", ls="--", lw=1, label=f"nominal {nominal:.0%}")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share inside the interval")
+    ax.set_title(f"Interval coverage, rolling {window} days")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.autofmt_xdate()
+    return _save(fig, path)
+
+
+#: How each kind of decision is drawn on the timeline: colour and marker.
+_DECISION_STYLE = {
+    "retrain": ("tab:red", "^"),
+    "finetune": ("tab:orange", "s"),
+    "promote": ("tab:purple", "P"),
+    "rollback": ("tab:brown", "X"),
+}
+
+
+def plot_decisions(checks: pd.DataFrame, threshold: float, path: Path) -> Path:
+    """Each check's ratio to naive (grey: kept) against the ratio threshold, and the refits:
+    filled when the new version was promoted, hollow when it was rejected, each labelled with
+    the trigger that fired and its threshold (in that trigger's own units)."""
+    fig = Figure(figsize=(5, 2.8))
+    if checks.empty:
+        _no_data(fig, "no model checks yet: run `forecasting run` or `forecasting backfill`")
+        return _save(fig, path)
+    ax = fig.add_subplot()
+    scored = checks[checks["ratio"].notna()]
+    ax.scatter(
+        list(scored["as_of_date"]), scored["ratio"].to_numpy(), s=6, color="grey", label="check"
+    )
+    if math.isfinite(threshold):
+        ax.axhline(
+            threshold, color="tab:red", ls="--", lw=0.8, label=f"ratio threshold {threshold:g}"
+        )
+    # Refits and hand-made changes sit on the ratio of their check, else on 1 (no score).
+    level = checks["ratio"].fillna(1.0)
+    for decision, (color, marker) in _DECISION_STYLE.items():
+        for promoted, face, word in ((True, color, "promoted"), (False, "none", "rejected")):
+            rows = checks[(checks["decision"] == decision) & (checks["promoted"] == promoted)]
+            if rows.empty:
+                continue
+            ax.scatter(
+                list(rows["as_of_date"]),
+                level[rows.index].to_numpy(),
+                s=36,
+                marker=marker,
+                facecolors=face,
+                edgecolors=color,
+                label=f"{decision}, {word}",
+                zorder=3,
+            )
+    refits = checks.assign(level=level)[checks["decision"] != "keep"]
+    for row in refits.itertuples(index=False):
+        trigger = str(row.triggered_by or "")
+        if math.isfinite(float(row.threshold)) and trigger != "manual":  # type: ignore[arg-type]
+            trigger += f" {row.threshold:g}"
+        ax.annotate(
+            trigger,
+            (row.as_of_date, row.level),
+            xytext=(0, 6),
+            textcoords="offset points",
+            fontsize=6,
+            rotation=60,
+        )
+    ax.set_ylabel("RMSE / naive RMSE")
+    ax.set_title("Decisions: checks and refits (label: trigger, threshold)")
+    ax.legend(fontsize=6, loc="lower left")
+    fig.autofmt_xdate()
+    return _save(fig, path)
+
+
+def load_checks(
+    conn: Connection,
+    *,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    lineage: str | None = None,
+) -> pd.DataFrame:
+    """Every ``model_checks`` row in range, of one lineage's scopes (``live``: unprefixed;
+    a backfill: ``<lineage>/...``; none: all): the decision timeline."""
+    where, params = _range(start, end)
+    conds = [where.removeprefix("WHERE ")] if where else []
+    if lineage == "live":
+        conds.append("scope NOT LIKE '%/%'")
+    elif lineage is not None:
+        conds.append("substr(scope, 1, :plen) = :prefix")
+        params.update(prefix=f"{lineage}/", plen=len(lineage) + 1)
+    sql = (
+        "SELECT as_of_date, scope, decision, triggered_by, threshold, ratio, promoted, "
+        "new_version_id, reason FROM model_checks"
+        + (f" WHERE {' AND '.join(conds)}" if conds else "")
+        + " ORDER BY as_of_date, id"
+    )
+    stmt = _typed(sql, params).columns(as_of_date=Date, promoted=Boolean)
+    columns = [
+        "as_of_date",
+        "scope",
+        "decision",
+        "triggered_by",
+        "threshold",
+        "ratio",
+        "promoted",
+        "new_version_id",
+        "reason",
+    ]
+    frame = pd.DataFrame([dict(r) for r in conn.execute(stmt, params).mappings()], columns=columns)
+    for col in ("threshold", "ratio"):
+        frame[col] = frame[col].astype("float64")
+    return frame
 
 
 def latest_histories(
@@ -271,7 +430,7 @@ def plot_training(
     histories: Sequence[tuple[int, str, str, list[dict[str, Any]]]], path: Path
 ) -> Path:
     """Train (solid) and validation (dashed) loss per epoch, one colour per version."""
-    fig = Figure(figsize=(8, 4))
+    fig = Figure(figsize=(5, 2.8))
     if not histories:
         _no_data(fig, "no model versions with a training history")
         return _save(fig, path)
@@ -303,44 +462,77 @@ def _safe_name(ticker: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in ticker)
 
 
+#: What an empty accuracy plot says: why there is nothing, and what fills it.
+NO_SCORES = (
+    "no forecast has reached its target day yet:\nforecasts are scored once the closes of "
+    "their target days are ingested;\n`forecasting backfill` scores past days now"
+)
+
+
 def _html(frame: pd.DataFrame) -> str:
-    return frame.to_html(float_format=lambda v: f"{v:.4f}", index=False, border=0)
+    # A value that does not exist (no direction called, no scored rows) is a dash, never NaN.
+    return frame.to_html(
+        float_format=lambda v: f"{v:.4f}", index=False, border=0, na_rep="\u2014"
+    ).replace(">nan<", ">\u2014<")
+
+
+def lineage_label(lineage: str | None) -> str:
+    if lineage is None:
+        return "the newest forecast per ticker and day, whichever lineage wrote it"
+    if lineage == "live":
+        return "live (the scheduled daily runs)"
+    return f"{lineage} (a backfill)"
 
 
 def _page(
     title: str,
+    lineage: str | None,
     report: EvaluationReport,
     plots: list[tuple[str, Path]],
+    checks: pd.DataFrame,
     generated: dt.datetime,
 ) -> str:
     frames = report.to_frames()
-    sections = []
-    for caption, path in plots:
-        sections.append(
-            f'<figure><img src="{html.escape(path.name)}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
+    figures = "".join(
+        f'<figure><img src="{html.escape(path.name)}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for caption, path in plots
+    )
     refit_line = (
         f"{report.n_retrains} retrains, {report.n_finetunes} fine-tunes, "
         f"{report.train_seconds:.1f}s training"
     )
+    if report.overall["n"]:
+        tables = (
+            f"<h3>Overall</h3>{_html(frames['overall'])}"
+            f"<h3>By horizon</h3>{_html(frames['by_horizon'])}"
+            f"<h3>By ticker</h3>{_html(frames['by_ticker'])}"
+        )
+    else:
+        tables = f"<p>{html.escape(NO_SCORES.replace(chr(10), ' '))}.</p>"
+    refits = checks[checks["decision"] != "keep"].assign(
+        promoted=lambda f: f["promoted"].map({True: "yes", False: "no"})
+    )
+    decisions = f"<h3>Refits and changes by hand</h3>{_html(refits)}" if not refits.empty else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
+body {{ font-family: sans-serif; margin: 0.5em 1.5em; }} h1 {{ margin: 0.2em 0; }}
+.plots {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(400px, 1fr));
+  gap: 0.2em 1em; }}
+figure {{ margin: 0; }} img {{ width: 100%; }} figcaption {{ font-size: 0.8em; color: #444; }}
 table {{ border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; }}
 th, td {{ padding: 2px 8px; text-align: right; border-bottom: 1px solid #ddd; }}
-img {{ max-width: 100%; }} figure {{ margin: 1em 0; }}
+.meta {{ margin: 0 0 0.8em 0; color: #333; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Generated {generated:%Y-%m-%d %H:%M} UTC. Forecasts with as_of from {report.start or "the first"}
-to {report.end or "the last"} day; refits in range: {html.escape(refit_line)}.</p>
+<p class="meta">Lineage: <b class="lineage">{html.escape(lineage_label(lineage))}</b>.
+Forecasts with as_of from {report.start or "the first"} to {report.end or "the last"} day;
+refits in range: {html.escape(refit_line)}. Generated {generated:%Y-%m-%d %H:%M} UTC.</p>
+<div class="plots">{figures}</div>
 <h2>Accuracy</h2>
-<h3>Overall</h3>{_html(frames["overall"])}
-<h3>By horizon</h3>{_html(frames["by_horizon"])}
-<h3>By ticker</h3>{_html(frames["by_ticker"])}
-<h2>Plots</h2>
-{"".join(sections)}
+{tables}
+{decisions}
 </body></html>
 """
 
@@ -358,9 +550,10 @@ def write_report(
     """Write ``out_dir/index.html`` and its PNG plots; returns the path of ``index.html``.
 
     ``tickers``: the tickers to plot (default: up to four with the most forecasts). ``settings``
-    gives the rolling window (``policy.check_window``) and the threshold line
-    (``policy.rel_threshold``). ``start``/``end`` bound the forecasts' ``as_of_date``;
-    ``lineage`` restricts everything to one lineage (default: what ``latest_forecasts`` shows).
+    gives the rolling window (``policy.check_window``), the threshold line
+    (``policy.rel_threshold``) and the nominal coverage (``model.interval``). ``start``/``end``
+    bound the forecasts' ``as_of_date``; ``lineage`` restricts everything to one lineage
+    (default: what ``latest_forecasts`` shows), and the page says which.
     """
     settings = settings or Settings()
     out = Path(out_dir)
@@ -368,38 +561,44 @@ def write_report(
     with engine.connect() as conn:
         report = evaluate(conn, start=start, end=end, lineage=lineage)
         errors = load_errors(conn, start=start, end=end, lineage=lineage)
-        refits = load_refits(conn, start=start, end=end, lineage=lineage)
+        checks = load_checks(conn, start=start, end=end, lineage=lineage)
         names = (
             [t.upper() for t in tickers] if tickers else busiest_tickers(conn, start=start, end=end)
         )
-        plots: list[tuple[str, Path]] = []
+        fans: list[tuple[str, Path]] = []
         for t in names:
             path = plot_ticker(conn, t, errors, end, out / f"forecast_{_safe_name(t)}.png")
-            plots.append((f"{t}: actual vs forecast (horizon 1 and the newest path)", path))
+            fans.append((f"{t}: actual closes, horizon-1 forecasts and the newest fan", path))
         histories = latest_histories(conn)
-    plots.append(
-        (
-            "Error by horizon against naive persistence",
-            plot_error_by_horizon(report, out / "error_by_horizon.png"),
-        )
-    )
     policy = settings.policy
-    plots.append(
+    window = policy.check_window
+    plots = [
         (
-            f"Rolling RMSE ratio ({policy.check_window} days) with threshold and refits",
-            plot_rolling(
-                errors, refits, policy.check_window, policy.rel_threshold, out / "rolling_rmse.png"
+            f"Accuracy vs persistence over time (rolling {window} days, scale-free)",
+            plot_accuracy_over_time(
+                errors, window, policy.rel_threshold, out / "accuracy_over_time.png"
             ),
-        )
-    )
-    plots.append(
+        ),
+        (
+            "Decisions: promoted (filled) and rejected (hollow) refits, the trigger that fired",
+            plot_decisions(checks, policy.rel_threshold, out / "decisions.png"),
+        ),
+        (
+            f"Interval coverage over time against the nominal {settings.model.interval:.0%}",
+            plot_coverage(errors, window, settings.model.interval, out / "coverage.png"),
+        ),
+        *fans,
+        (
+            "Error by horizon against naive persistence (scale-free)",
+            plot_error_by_horizon(errors, out / "error_by_horizon.png"),
+        ),
         (
             "Training loss of the newest versions",
             plot_training(histories, out / "training_loss.png"),
-        )
-    )
+        ),
+    ]
     index = out / INDEX
-    page = _page("Forecast report", report, plots, dt.datetime.now(dt.UTC))
+    page = _page("Forecast report", lineage, report, plots, checks, dt.datetime.now(dt.UTC))
     # Written last and atomically: a linked index.html never points at half-written plots.
     tmp = index.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")

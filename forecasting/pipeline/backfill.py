@@ -159,7 +159,7 @@ class BackfillResult:
     def message(self) -> str:
         refits = ", ".join(f"{n} {k}" for k, n in sorted(self.refits.items())) or "no refits"
         text = (
-            f"backfill {self.lineage}: {len(self.days)} trading days from {self.start} to "
+            f"{self.lineage}: {len(self.days)} trading days from {self.start} to "
             f"{self.end}; {self.completed} computed, {self.already_complete} already complete; "
             f"{refits}; {self.train_seconds:.1f}s training"
         )
@@ -240,7 +240,7 @@ def run_day(
             # Checked here as well as in run_pipeline: a calendar-forced day must not recompute
             # a completed day (force_retrain bypasses run_pipeline's own check).
             return BackfillDay(as_of, "already-complete", done.run_id, None, False, 0, 0, 0.0)
-        names = universe(conn, settings, tickers)
+        names = universe(conn, settings, tickers, day=as_of)
         check_point_in_time(conn, settings, lineage, names, as_of)
         age = days_since_refit(conn, settings, lineage, names, as_of) if retrain_every else None
     forced = calendar_due(age, retrain_every)
@@ -278,7 +278,7 @@ def plan(
     if start > end:
         raise InputError(f"backfill start {start} is after end {end}; swap them")
     with engine.connect() as conn:
-        names = universe(conn, settings, tickers)
+        names = universe(conn, settings, tickers, day=end)
         days = trading_days(conn, start, end, names)
         gaps = missing_days(conn, days, start, end, settings.exchange) if names else []
     return days, gaps
@@ -339,7 +339,7 @@ def backfill(
                 retrain_every=retrain_every,
             )
             result.days.append(day)
-            log.info("backfill %s day %d/%d %s", lineage, i, len(days), day.line())
+            log.info("%s: day %d/%d %s", lineage, i, len(days), day.line())
             if bar is not None:
                 bar.set_postfix_str(day.line(), refresh=False)
                 bar.update(1)

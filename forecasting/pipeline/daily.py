@@ -134,7 +134,7 @@ def plan_day(
     the ingest of it failed, delisted, or no price on that day); a no-data summary when there
     are no prices by then."""
     with engine.connect() as conn:
-        names = universe(conn, settings, tickers)
+        names = universe(conn, settings, tickers, day=as_of or today)
     resolved = resolve_as_of(engine, as_of or today, names)
     if resolved is None:
         return RunSummary(None, None, lineage, SummaryStatus.NO_DATA, message=NO_DATA)

@@ -270,7 +270,7 @@ def train(
     in ``model_checks`` with the reason ``manual``.
     """
     with engine.connect() as conn:
-        names = universe(conn, settings, tickers)
+        names = universe(conn, settings, tickers, day=through)
         lineage = scoped_lineage(conn, settings, lineage, tickers)  # a subset: its own models
     cutoff = through or resolve_as_of(engine, dt.date.max, names)
     if cutoff is None:

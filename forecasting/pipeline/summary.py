@@ -86,7 +86,11 @@ class RunSummary:
             lines.append("Forecast: " + ", ".join(self.tickers_forecast))
         if self.skipped:
             lines += ["", f"## Skipped ({len(self.skipped)})", ""]
-            lines += [f"- **{t}**: {why}" for t, why in sorted(self.skipped.items())]
+            # Each reason names its ticker already ("600519.SH: no prices on or before ...").
+            lines += [
+                f"- **{t}**: {why.removeprefix(f'{t}: ')}"
+                for t, why in sorted(self.skipped.items())
+            ]
         return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,6 +62,26 @@ def test_init_ingest_prices_models(
     assert main(["prices"]) == 0
     out = capsys.readouterr().out
     assert "600519.SH  stock  2021-01-04  2021-04-09  64" in out
+    assert main(["prices", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "ticker,kind,first_date,last_date,rows",
+        "600519.SH,stock,2021-01-04,2021-04-09,64",
+    ]
+    assert main(["prices", "-f", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0] == {
+        "ticker": "600519.SH",
+        "kind": "stock",
+        "first_date": "2021-01-04",
+        "last_date": "2021-04-09",
+        "rows": 64,
+    }
+    assert main(["models", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    # The tickers as people write them: after the option, space-separated; or comma-separated.
+    # (a partial ingest, X.SZ being in no file, exits 1)
+    assert main(["ingest", "--source", "csv", "--path", str(csv), "-t", "600519.sh", "X.SZ"]) == 1
+    out = capsys.readouterr().out
+    assert "2 tickers (1 failed)" in out and "X.SZ: " in out
     assert main(["models"]) == 0
     assert "no model versions yet" in capsys.readouterr().out
     assert main(["calendar", "--date", "2026-12-30", "-n", "2"]) == 0
@@ -225,6 +246,25 @@ def test_help_loads_nothing_heavy(argv: list[str]) -> None:
         ),
         pytest.param(
             ["prices"],
+            {"FORECASTING_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"},
+            1,
+            "error: cannot open the database postgresql+psycopg://postgres@127.0.0.1:1/x: "
+            "connection failed",
+            id="postgres-that-is-down",
+        ),
+        pytest.param(
+            ["models"],
+            {"FORECASTING_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/no_such_db_i15"},
+            1,
+            "error: cannot open the database postgresql+psycopg://postgres@127.0.0.1:5432/"
+            'no_such_db_i15: connection failed: connection to server at "127.0.0.1", port 5432 '
+            'failed: FATAL: database "no_such_db_i15" does not exist; check '
+            "FORECASTING_DATABASE_URL and that the server is running",
+            id="postgres-database-that-does-not-exist",
+            marks=pytest.mark.postgres,
+        ),
+        pytest.param(
+            ["prices"],
             {"FORECASTING_DATABASE_URL": "notaurl"},
             1,
             "error: database URL 'notaurl' is not usable",
@@ -265,10 +305,13 @@ def test_a_mistake_is_one_line_that_says_the_fix(
     tmp_path: Path, args: list[str], env: dict[str, str], code: int, message: str
 ) -> None:
     """A mistake a person can fix ends the real command with one line on stderr that names
-    the option or setting and the fix, and exit 1: no traceback."""
+    the option or setting and the fix, and exit 1: no traceback. Before it there is at most
+    the command's first progress line, for a mistake found once work has started."""
     done = _cli(tmp_path, *args, **env)
-    assert done.stderr.startswith(message), done.stderr
-    assert len(done.stderr.splitlines()) == 1, done.stderr
+    *before, last = done.stderr.splitlines()
+    assert last.startswith(message), done.stderr
+    assert all(" INFO forecasting.cli: " in line for line in before), done.stderr
+    assert len(before) <= 1 and "Traceback" not in done.stderr
     assert "hunter2" not in done.stderr
     assert done.returncode == code
 
@@ -368,3 +411,99 @@ def test_config_prints_each_setting_and_where_it_came_from(tmp_path: Path) -> No
         "origin": "default",
         "variable": "FORECASTING_MODEL_CELL",
     }
+
+
+def _on_a_terminal(tmp_path: Path, *args: str) -> str:
+    """`forecasting ARGS` with stdout and stderr on one pseudo-terminal, as a person runs it;
+    everything the terminal showed."""
+    import pty
+
+    leader, follower = pty.openpty()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FORECASTING_", "TUSHARE"))}
+    clean["FORECASTING_DATABASE_URL"] = f"sqlite:///{tmp_path / 'cli.db'}"
+    proc = subprocess.Popen(
+        [FORECASTING, *args], stdout=follower, stderr=follower, cwd=tmp_path, env=clean
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the command has ended
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0, shown
+    return shown.decode(errors="replace")
+
+
+def test_the_ingest_summary_is_said_once_on_a_terminal(tmp_path: Path, shared_data: Path) -> None:
+    """On a terminal the summary is logged as the ingest ends and not printed again; in a pipe
+    it is on stdout (for a script) and in the log (for CI) both."""
+    csv = str(shared_data / "tushare_raw")
+    shown = _on_a_terminal(tmp_path, "ingest", "--source", "csv", "--path", csv)
+    assert shown.count("128 inserted") == 1, shown
+    done = _cli(tmp_path, "ingest", "--source", "csv", "--path", csv)
+    assert "0 inserted" in done.stdout and "0 inserted" in done.stderr
+
+
+def test_log_file_and_json_logs(tmp_path: Path, shared_data: Path) -> None:
+    """--log-file appends the milestones to a file; --log-json makes every line a JSON object,
+    the command's first line (what it is doing) among them."""
+    csv = str(shared_data / "tushare_raw")
+    log = tmp_path / "run.log"
+    done = _cli(tmp_path, "ingest", "--source", "csv", "--path", csv, "--log-file", str(log))
+    assert done.returncode == 0, done.stderr
+    text = log.read_text(encoding="utf-8")
+    assert " INFO forecasting.cli: ingest from csv" in text
+    assert "600519.SH" in text and "128 inserted" in text
+    done = _cli(tmp_path, "--log-json", "ingest", "--source", "csv", "--path", csv)
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    assert records[0]["logger"] == "forecasting.cli"
+    assert {"time", "level", "logger", "message"} <= set(records[-1])
+    assert any("0 inserted" in r["message"] for r in records)
+
+
+def test_sql_lists_and_shows_the_queries(capsys: pytest.CaptureFixture[str]) -> None:
+    """`forecasting sql` lists every file of sql/queries with its first comment line; `sql
+    show NAME` prints one as it is; a wrong name is one line with the close ones."""
+    queries = Path(__file__).resolve().parents[2] / "sql" / "queries"
+    assert main(["sql", "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [q["name"] for q in listed] == sorted(p.stem for p in queries.glob("*.sql"))
+    assert all(q["what"] for q in listed)
+    assert main(["sql", "show", "forecast_path.sql"]) == 0
+    assert capsys.readouterr().out == (queries / "forecast_path.sql").read_text(encoding="utf-8")
+    assert main(["sql", "show", "retrain_histry"]) == 1
+    assert capsys.readouterr().err == (
+        "error: no query named 'retrain_histry'; did you mean retrain_history? "
+        "`forecasting sql list` lists them\n"
+    )
+
+
+def test_prices_loads_no_numerics_or_prefect(tmp_path: Path) -> None:
+    """`forecasting prices` reads the database without importing torch, pandas, numpy or
+    Prefect (a second or more of imports for a listing)."""
+    assert _cli(tmp_path, "init-db").returncode == 0
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print(sorted(m for m in sys.argv[1:] if m in sys.modules), "
+        "file=sys.stderr))\n"
+        "from forecasting_flows.cli import main\n"
+        "sys.exit(main(['prices']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FORECASTING_", "TUSHARE"))}
+    env["FORECASTING_DATABASE_URL"] = f"sqlite:///{tmp_path / 'cli.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "torch", "pandas", "numpy", "prefect"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no prices yet" in done.stdout
+    assert done.stderr.strip() == "[]"
