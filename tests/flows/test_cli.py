@@ -495,3 +495,22 @@ def test_prices_loads_no_numerics_or_prefect(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "no prices yet" in done.stdout
     assert done.stderr.strip() == "[]"
+
+
+def test_config_says_which_file_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table starts with the config file and whether it was there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FORECASTING_CONFIG", raising=False)
+    assert main(["config"]) == 0
+    assert capsys.readouterr().out.startswith(
+        "config file: forecasting.toml (not found: defaults)\n"
+    )
+    (tmp_path / "forecasting.toml").write_text('source = "csv"\n', encoding="utf-8")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("config file: forecasting.toml (read)\n")
+    assert any(
+        line.split()[:3] == ["source", "csv", "forecasting.toml"] for line in out.splitlines()
+    )
