@@ -5,9 +5,9 @@ Sources, lowest to highest precedence: built-in defaults, an optional ``forecast
 The tushare token comes only from ``TUSHARE_TOKEN`` and is never printed: its ``repr`` is masked.
 
 **Adding a setting** is one line: a typed field with its default on :class:`Settings` (top
-level), :class:`ModelSettings` (``[model]``) or :class:`PolicySettings` (``[policy]``). Its TOML
-key is the field name; its environment variable is ``FORECASTING_<NAME>``, or
-``FORECASTING_MODEL_<NAME>`` / ``FORECASTING_POLICY_<NAME>`` for the two sections; ``forecasting
+level), :class:`ModelSettings` (``[model]``), :class:`PolicySettings` (``[policy]``) or
+:class:`IngestSettings` (``[ingest]``). Its TOML key is the field name; its environment variable
+is ``FORECASTING_<NAME>``, or ``FORECASTING_<SECTION>_<NAME>`` for the sections; ``forecasting
 config`` lists it; an unknown name close to it is refused with it as the suggestion. A choice is
 an ``Annotated[Literal[...], CHOICE]``, a date :data:`Day`; a constraint is ``annotated_types``
 metadata (``Annotated[int, Ge(1)]``). A variable that the project reads outside this object goes
@@ -174,10 +174,36 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class IngestSettings:
+    """What the ingest may spend on the network, what it re-reads, and what it calls
+    implausible (``[ingest]``, ``FORECASTING_INGEST_<NAME>``)."""
+
+    tushare_timeout: Annotated[float, Gt(0.0)] = 15.0  # seconds per HTTP request
+    tushare_retries: Count = 3  # after the first attempt: rate limits, network errors, 5xx
+    tushare_backoff: Annotated[float, Ge(0.0)] = 2.0  # first retry delay, doubling each time
+    tushare_url: str | None = None  # the API root, for a mirror or proxy (default tushare's)
+    # The account's rate limit: every request waits for a token of a bucket filled this fast.
+    tushare_calls_per_minute: Annotated[float, Gt(0.0)] = 500.0
+    # The whole run stops here, keeps what landed, and fails; None: no deadline.
+    deadline_s: Annotated[float, Gt(0.0)] | None = 3600.0
+    # Calendar days before a ticker's last stored bar that a network ingest fetches again:
+    # vendors revise recent bars, and a revision is applied and recorded in `revisions`.
+    reread_days: Count = 10
+    # Indices and markets without exchange price limits: the largest one-day move, as a
+    # fraction (1.0: a close above 2x or below 1/2 of the previous one is implausible).
+    max_move: Annotated[float, Gt(0.0)] = 1.0
+    # A `running` ingest with no heartbeat for this long is closed as `abandoned`.
+    abandon_after_s: Annotated[float, Gt(0.0)] = 1800.0
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     tushare_token: Secret = field(default_factory=lambda: Secret(""))
     tickers: Tickers = ()
+    # Which tickers, when not the list above: "all" (every listed A-share) or "index:000300.SH"
+    # (an index's members on each day); see forecasting.data.universe.
+    universe: str = ""
     source: Annotated[SourceName, CHOICE] = "demo"
     source_path: str | None = None  # file or folder for source = "csv"
     history_start: Day = dt.date(2015, 1, 1)  # first day ingested for a ticker without history
@@ -189,6 +215,7 @@ class Settings:
     report_dir: str = "reports"
     model: ModelSettings = field(default_factory=ModelSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -197,7 +224,11 @@ class Settings:
 ENV_PREFIX = "FORECASTING_"
 TOKEN_VARIABLE = "TUSHARE_TOKEN"
 #: The sections of :class:`Settings`: a TOML table and an environment prefix each.
-SECTIONS: dict[str, type[Any]] = {"model": ModelSettings, "policy": PolicySettings}
+SECTIONS: dict[str, type[Any]] = {
+    "model": ModelSettings,
+    "policy": PolicySettings,
+    "ingest": IngestSettings,
+}
 #: ``FORECASTING_*`` variables read outside the settings object, so not unknown.
 OTHER_VARIABLES = {
     "FORECASTING_CONFIG": "the config file (default ./forecasting.toml)",

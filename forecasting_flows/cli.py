@@ -191,9 +191,12 @@ def main(argv: Sequence[str] | None = None, clock: Clock = real_clock) -> int:
         if not _stdout_is_broken():
             raise
         return EXIT_BROKEN_PIPE
-    except (KeyboardInterrupt, typer.Abort):
-        print("interrupted; a rerun resumes where this stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        # SIGTERM arrives as an Interrupted (a KeyboardInterrupt) carrying its exit status, 143.
+        print(
+            f"interrupted ({exc or 'SIGINT'}); a rerun resumes where this stopped", file=sys.stderr
+        )
+        return int(getattr(exc, "exit_code", EXIT_INTERRUPTED))
 
 
 def _error(session: commands.Session, message: str) -> None:

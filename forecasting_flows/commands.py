@@ -30,6 +30,7 @@ from forecasting_flows.options import (
     Format,
     Start,
     Tickers,
+    UniverseOption,
     date_option,
     flag,
 )
@@ -158,6 +159,7 @@ def ingest(
     ctx: typer.Context,
     source: Source = None,
     tickers: Tickers = None,
+    universe: UniverseOption = None,
     start: Annotated[
         dt.date | None,
         date_option(
@@ -178,50 +180,125 @@ def ingest(
             help="file or folder for --source csv", show_default="the source_path setting"
         ),
     ] = None,
+    encoding: Annotated[
+        str | None,
+        typer.Option(
+            help="text encoding of CSV files, e.g. gbk", show_default="UTF-8 or GBK, detected"
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="tushare: seconds per HTTP request", show_default="ingest.tushare_timeout"
+        ),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(help="tushare: retries per request", show_default="ingest.tushare_retries"),
+    ] = None,
+    backoff: Annotated[
+        float | None,
+        typer.Option(
+            help="tushare: first retry delay in seconds, doubling",
+            show_default="ingest.tushare_backoff",
+        ),
+    ] = None,
+    deadline: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds the whole ingest may take; then it stops and fails",
+            show_default="ingest.deadline_s",
+        ),
+    ] = None,
+    reread_days: Annotated[
+        int | None,
+        typer.Option(
+            help="days before the last stored bar fetched again (vendors revise them)",
+            show_default="ingest.reread_days",
+        ),
+    ] = None,
 ) -> int:
     """Ingest daily bars incrementally and idempotently.
 
+    Exits 0 only when every ticker landed; partial and failed runs exit 1 and say so last.
     With --source csv, a file without a ts_code column holds the one ticker --tickers names.
     """
+    from dataclasses import replace
+    from pathlib import Path
+
     session = _session(ctx)
     s = session.settings
+    given: dict[str, Any] = {
+        "tushare_timeout": timeout,
+        "tushare_retries": retries,
+        "tushare_backoff": backoff,
+        "deadline_s": deadline,
+        "reread_days": reread_days,
+    }
+    for name, value in given.items():
+        if value is not None and value < 0:
+            raise InputError(
+                f"--{name.removeprefix('tushare_').replace('_', '-')} {value} is below 0"
+            )
+    knobs = replace(s.ingest, **{k: v for k, v in given.items() if v is not None})
     chosen = _tickers(tickers)
     source_name = source or s.source
     last = end or session.today()
     check_range(start, last, end_is_today=end is None)
     progress(f"ingest from {source_name} into the database: loading ...")
     from forecasting.data.ingest import ingest as run_ingest
+    from forecasting.data.ingest import ingest_options, source_options
     from forecasting.data.sources import make_source
+    from forecasting.data.universe import ingest_tickers
 
+    where = path or s.source_path
+    # --tickers names the ticker of one file without a ts_code; a folder's files name their own.
+    one_file = where is not None and not Path(where).expanduser().is_dir()
     source_obj = make_source(
         source_name,
         token=s.tushare_token.value,
-        path=path or s.source_path,
-        ticker=chosen[0] if source_name == "csv" and chosen and len(chosen) == 1 else None,
+        path=where,
+        ticker=chosen[0]
+        if source_name == "csv" and one_file and chosen and len(chosen) == 1
+        else None,
+        **source_options(source_name, knobs, encoding=encoding),
     )
+    engine = _engine(s)
+    spec = chosen or universe or s.universe or s.tickers
     report = run_ingest(
-        _engine(s),
+        engine,
         source_obj,
-        tickers=chosen or (list(s.tickers) or None),
+        tickers=ingest_tickers(engine, source_obj, spec, start=start, end=last),
         start=start,
         end=last,
         history_start=s.history_start,
         progress=None,
+        today=session.today(),
+        **ingest_options(knobs),
     )
     result(report.summary())
-    return 0 if report.status in ("success", "partial") else 1
+    return 0 if report.status == "success" else 1
 
 
 def prices(ctx: typer.Context, format: Format = "table") -> None:
-    """List tickers with their date ranges and row counts."""
+    """List tickers with their date ranges and row counts, and their reference data."""
     from forecasting.data.inventory import price_summary
+    from forecasting.data.listings import load_listings
 
     with _existing(_session(ctx).settings).connect() as conn:
         rows = price_summary(conn)
+        listings = load_listings(conn, [r[0] for r in rows])
     columns = ["ticker", "kind", "first_date", "last_date", "rows"]
+    reference = ["name", "board", "industry", "list_date", "delist_date"]
     emit(
-        [dict(zip(columns, r, strict=False)) for r in rows],
-        columns,
+        [
+            {
+                **dict(zip(columns, r, strict=False)),
+                **{k: getattr(listings.get(r[0]), k, None) for k in reference},
+            }
+            for r in rows
+        ],
+        [*columns, *reference],
         format,
         empty="no prices yet; run `forecasting ingest`",
     )
@@ -398,6 +475,7 @@ def run(
         bool, flag("--rerun", "recompute even if this as-of is already complete")
     ] = False,
     tickers: Tickers = None,
+    universe: UniverseOption = None,
     no_ingest: Annotated[bool, flag("--no-ingest", "skip the incremental ingest step")] = False,
     no_prefect: Annotated[
         bool, flag("--no-prefect", "run the library pipeline without Prefect")
@@ -406,6 +484,8 @@ def run(
     """Run the daily pipeline (as a Prefect flow)."""
     session = _session(ctx)
     s = session.settings
+    if universe:
+        s = s.with_overrides(universe=universe)
     progress(f"daily run as of {as_of or 'the latest trading day'}: starting ...")
     from forecasting.pipeline.daily import closed_day, run_pipeline
 
@@ -439,6 +519,7 @@ def run(
                 rerun=rerun,
                 tickers=chosen,
                 ingest=not no_ingest,
+                universe=universe,
             )
     if as_of is not None and summary.as_of is not None and summary.as_of != as_of:
         print(as_of_note(as_of, summary.as_of))

@@ -169,6 +169,7 @@ def daily(
     tickers: Sequence[str] | None = None,
     ingest: bool = True,
     shard_size: int = 250,
+    universe: str | None = None,
 ) -> RunSummary:
     """Forecast the next H trading days for every eligible ticker and write them to the
     forecasts table, after ingesting the day's prices and checking the model for drift.
@@ -183,9 +184,12 @@ def daily(
             universe, else every ticker with prices).
         ingest: Ingest new prices from the configured source first.
         shard_size: Tickers per forecast task (the unit that spreads over Dask workers).
+        universe: "all", "index:000300.SH" or a ticker list (default: the universe setting).
     """
     log = get_run_logger()
     s = settings()
+    if universe:
+        s = s.with_overrides(universe=universe)
     cfg = RunConfig.of(s)  # what the tasks get: no token
     engine = engine_for(s.database_url)
     today = as_of or _today()

@@ -9,8 +9,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from forecasting.clock import real_clock, trading_today
+from forecasting.data.increment import MarketSource
 from forecasting.data.ingest import ingest as ingest_prices
-from forecasting.data.sources import make_source
+from forecasting.data.ingest import ingest_options, source_options
+from forecasting.data.sources import PriceSource, make_source
+from forecasting.data.universe import ingest_tickers
 from forecasting.settings import Settings
 from forecasting_flows.common import (
     FlowDate,
@@ -19,6 +23,16 @@ from forecasting_flows.common import (
     flush_run_logs,
     settings,
 )
+
+
+def _source(s: Settings, source: str | None, path: str | None) -> PriceSource:
+    name = source or s.source
+    return make_source(
+        name,
+        token=s.tushare_token.value,
+        path=path or s.source_path,
+        **source_options(name, s.ingest),
+    )
 
 
 @task(
@@ -39,11 +53,7 @@ def ingest_task(
     shard: int = 1,
 ) -> dict[str, Any]:
     """I/O task (retried): fetch and upsert. Reruns are idempotent, so a retry is safe."""
-    src = make_source(
-        source or s.source,
-        token=s.tushare_token.value,
-        path=path or s.source_path,
-    )
+    src = _source(s, source, path)
     engine = engine_for(s.database_url)
     report = ingest_prices(
         engine,
@@ -53,6 +63,7 @@ def ingest_task(
         end=end,
         history_start=s.history_start,
         progress=False,
+        **ingest_options(s.ingest),
     )
     get_run_logger().info(report.summary())
     return {
@@ -73,11 +84,19 @@ def ingest_sharded(
 ) -> dict[str, Any]:
     """Fetch per-ticker work in shards, one retried task each, on the flow's task runner (a
     thread pool, or Dask workers). Each shard is its own ingest run and commits per ticker."""
-    names = tickers or list(s.tickers)
-    if not names:
-        names = make_source(
-            source or s.source, token=s.tushare_token.value, path=path or s.source_path
-        ).tickers()
+    src = _source(s, source, path)
+    names = tickers or ingest_tickers(
+        engine_for(s.database_url),
+        src,
+        s.universe or s.tickers,
+        start=start,
+        end=end or trading_today(real_clock()),
+    )
+    names = names or src.tickers()
+    if isinstance(src, MarketSource):
+        # One task: the day's increment is two calls for all its tickers, and one process
+        # keeps one token bucket under the account's rate limit.
+        shard_size = max(shard_size, len(names))
     chunks = [names[i : i + shard_size] for i in range(0, len(names), shard_size)] or [[]]
     if len(chunks) == 1:
         results = [ingest_task(s, source, chunks[0] or None, start, end, path)]

@@ -61,6 +61,17 @@ Tickers = Annotated[
         show_default="all",
     ),
 ]
+UniverseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--universe",
+        "-u",
+        metavar="all|index:CODE|T[,T...]",
+        help="the universe: all (every listed A-share), index:000300.SH (its members on each "
+        "day) or tickers",
+        show_default="the universe setting",
+    ),
+]
 Format = Annotated[
     OutputFormat,
     typer.Option("--format", "-f", help="table (plain columns in a pipe), csv or json"),

@@ -240,6 +240,11 @@ class TushareStub(_MarketStub):
         with self._lock:
             self._delays.extend([seconds] * calls)
 
+    def clear_delays(self) -> None:
+        """Answer at once again."""
+        with self._lock:
+            self._delays.clear()
+
     def calls(self, api_name: str | None = None) -> list[dict[str, Any]]:
         """Recorded request bodies, optionally only those for ``api_name``."""
         with self._lock:

@@ -41,6 +41,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import and_, insert, or_, select, update
@@ -56,6 +57,7 @@ from forecasting.data.sources.base import PriceSource, Security, SourceError, em
 from forecasting.data.trade_cal import load_trade_cal
 from forecasting.data.validation import Checks, Rejection, validate_bars
 from forecasting.errors import InputError
+from forecasting.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,38 @@ class IngestReport:
             f"ingest {self.status}: {len(failed)} of {len(self.tickers)} failed{which}; "
             "fix what the lines above name and rerun (what landed stays)"
         )
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+def ingest_options(settings: IngestSettings) -> dict[str, Any]:
+    """The keyword arguments of :func:`ingest` that the ``[ingest]`` settings give."""
+    return {
+        "reread_days": settings.reread_days,
+        "max_move": settings.max_move,
+        "deadline_s": settings.deadline_s,
+        "abandon_after": dt.timedelta(seconds=settings.abandon_after_s),
+    }
+
+
+def source_options(
+    name: str, settings: IngestSettings, *, encoding: str | None = None
+) -> dict[str, Any]:
+    """The keyword arguments of ``make_source(name, ...)`` that the settings (and, for files,
+    ``--encoding``) give: the tushare client's timeout, retries, backoff and URL."""
+    key = name.strip().lower()
+    if key == "tushare":
+        return {
+            "timeout": settings.tushare_timeout,
+            "retries": settings.tushare_retries,
+            "backoff": settings.tushare_backoff,
+            "http_url": settings.tushare_url,
+            "calls_per_minute": settings.tushare_calls_per_minute,
+        }
+    if key == "csv" and encoding:
+        return {"encoding": encoding}
+    return {}
 
 
 # -- planning ----------------------------------------------------------------------------------

@@ -147,6 +147,28 @@ def tickers_to_ingest(
     return sorted({t for d in days for t in by_date[d]})
 
 
+def ingest_tickers(
+    engine: Engine,
+    source: PriceSource,
+    spec: str | Sequence[str] | None,
+    *,
+    start: dt.date | None,
+    end: dt.date,
+) -> list[str] | None:
+    """The tickers an ingest of universe ``spec`` covers (see :func:`tickers_to_ingest`);
+    ``None`` for an empty list (the source's own default). A market source given no universe
+    is refused: it would be every listed A-share by accident."""
+    universe = Universe.parse(spec)
+    if universe.kind == "list" and not universe.tickers:
+        if isinstance(source, MarketSource):
+            raise InputError(
+                "no tickers to ingest from tushare: give --tickers, or --universe all (every "
+                "listed A-share) or --universe index:000300.SH (an index's members)"
+            )
+        return None
+    return tickers_to_ingest(engine, source, universe, start=start, end=end)
+
+
 def store_index_members(
     conn: Connection, index_code: str, by_date: Mapping[dt.date, Sequence[str]]
 ) -> int:

@@ -239,7 +239,7 @@ def run_day(
             # Checked here as well as in run_pipeline: a calendar-forced day must not recompute
             # a completed day (force_retrain bypasses run_pipeline's own check).
             return BackfillDay(as_of, "already-complete", done.run_id, None, False, 0, 0, 0.0)
-        names = universe(conn, settings, tickers)
+        names = universe(conn, settings, tickers, day=as_of)
         check_point_in_time(conn, settings, lineage, names, as_of)
         age = days_since_refit(conn, settings, lineage, names, as_of) if retrain_every else None
     forced = calendar_due(age, retrain_every)
@@ -277,7 +277,7 @@ def plan(
     if start > end:
         raise InputError(f"backfill start {start} is after end {end}; swap them")
     with engine.connect() as conn:
-        names = universe(conn, settings, tickers)
+        names = universe(conn, settings, tickers, day=end)
         days = trading_days(conn, start, end, names)
         gaps = missing_days(conn, days, start, end, settings.exchange) if names else []
     return days, gaps

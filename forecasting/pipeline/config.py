@@ -35,6 +35,9 @@ class RunSettings(Protocol):
     @property
     def tickers(self) -> tuple[str, ...]: ...
 
+    @property
+    def universe(self) -> str: ...
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -47,6 +50,7 @@ class RunConfig:
     model_dir: str
     checkpoint_store: str
     tickers: tuple[str, ...]
+    universe: str = ""  # all | index:CODE | "" (the tickers); forecasting.data.universe
 
     @classmethod
     def of(cls, settings: Settings) -> RunConfig:
@@ -58,4 +62,5 @@ class RunConfig:
             model_dir=settings.model_dir,
             checkpoint_store=settings.checkpoint_store,
             tickers=tuple(settings.tickers),
+            universe=settings.universe,
         )

@@ -101,7 +101,7 @@ def plan_day(
     """The run's as-of day, the latest day with prices on or before ``as_of`` (default
     ``today``), and its scopes; a no-data summary when there are no prices by then."""
     with engine.connect() as conn:
-        names = universe(conn, settings, tickers)
+        names = universe(conn, settings, tickers, day=as_of or today)
     resolved = resolve_as_of(engine, as_of or today, names)
     if resolved is None:
         return RunSummary(None, None, lineage, SummaryStatus.NO_DATA, message=NO_DATA)

@@ -257,7 +257,7 @@ def train(
     in ``model_checks`` with the reason ``manual``.
     """
     with engine.connect() as conn:
-        names = universe(conn, settings, tickers)
+        names = universe(conn, settings, tickers, day=through)
     cutoff = through or resolve_as_of(engine, dt.date.max, names)
     if cutoff is None:
         raise InputError("no prices in the database; run `forecasting ingest` first")

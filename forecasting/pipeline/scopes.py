@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting.data.schema import prices
+from forecasting.data.universe import Universe, members_on
 from forecasting.pipeline.config import RunSettings
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,21 @@ def scope_name(lineage: str, unit: str) -> str:
 
 
 def universe(
-    conn: Connection, settings: RunSettings, tickers: Sequence[str] | None = None
+    conn: Connection,
+    settings: RunSettings,
+    tickers: Sequence[str] | None = None,
+    day: dt.date | None = None,
 ) -> list[str]:
-    """The tickers to work on: the explicit list, else the configured universe, else every
+    """The tickers to work on: the explicit list, else the configured universe (``all`` and
+    ``index:CODE`` as of ``day``, see :func:`forecasting.data.universe.members_on`), else every
     ticker with prices."""
     if tickers:
         return sorted({t.upper() for t in tickers})
-    if settings.tickers:
-        return sorted(settings.tickers)
+    configured = Universe.parse(settings.universe or settings.tickers)
+    if configured.kind != "list":
+        return members_on(conn, configured, day or dt.date.max)
+    if configured.tickers:
+        return sorted(configured.tickers)
     return sorted(r[0] for r in conn.execute(select(prices.c.ticker).distinct()))
 
 

@@ -78,7 +78,8 @@ def test_init_ingest_prices_models(
     assert main(["models", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
     # The tickers as people write them: after the option, space-separated; or comma-separated.
-    assert main(["ingest", "--source", "csv", "--path", str(csv), "-t", "600519.sh", "X.SZ"]) == 0
+    # (a partial ingest, X.SZ being in no file, exits 1)
+    assert main(["ingest", "--source", "csv", "--path", str(csv), "-t", "600519.sh", "X.SZ"]) == 1
     out = capsys.readouterr().out
     assert "2 tickers (1 failed)" in out and "X.SZ: " in out
     assert main(["models"]) == 0

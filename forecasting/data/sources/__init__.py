@@ -49,6 +49,8 @@ def make_source(
     token: str | Secret = "",
     path: str | Path | None = None,
     ticker: str | None = None,
+    calls_per_minute: float | None = None,
+    http_url: str | None = None,
     **kw: Any,
 ) -> PriceSource:
     """Build the source called ``name``: ``"tushare"``, ``"csv"`` or ``"demo"``.
@@ -57,6 +59,8 @@ def make_source(
         token: the tushare token (a ``Secret`` from settings or a plain string); tushare only.
         path: the CSV/Parquet file or directory; csv only.
         ticker: the ticker for files without a ``ts_code`` column; csv only.
+        calls_per_minute: the tushare account's rate limit (a token bucket); tushare only.
+        http_url: the tushare API root (default: tushare's own); tushare only.
         **kw: passed to the source's constructor (e.g. ``http_url``, ``retries``,
             ``calls_per_minute`` for tushare;
             ``seed``, ``n_tickers``, ``start`` for demo).
@@ -67,7 +71,9 @@ def make_source(
     key = name.strip().lower()
     if key == "tushare":
         value = token.value if isinstance(token, Secret) else token
-        return TushareMarketSource(value, **kw)
+        return TushareMarketSource(
+            value, calls_per_minute=calls_per_minute, http_url=http_url, **kw
+        )
     if key == "csv":
         if path is None:
             raise SourceError("the csv source needs a file or directory: pass --path")

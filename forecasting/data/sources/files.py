@@ -129,8 +129,9 @@ class FileSource:
         if ticker not in bars:
             held = sorted(bars)
             shown = ", ".join(held[:10]) + (f" and {len(held) - 10} more" if len(held) > 10 else "")
+            asked = "" if start <= dt.date(1900, 1, 1) else f" (asked for {start} to {end})"
             raise SourceError(
-                f"{self.path} holds no bars for {ticker} (asked for {start} to {end}); "
+                f"{self.path} holds no bars for {ticker}{asked}; "
                 f"it holds {shown or 'nothing'}. Check the ticker or pass --ticker for a file "
                 "without a ts_code column"
             )

@@ -71,25 +71,20 @@ class TushareMarketSource(TushareSource):
                 if raw.empty:
                     continue
                 require_columns(raw, ("ts_code", "list_date"), "stock_basic", what)
-                for row in raw.to_dict("records"):
+                listed = _dates(raw, "list_date", what)
+                delisted = _dates(raw, "delist_date", what)
+                for i, row in enumerate(raw.to_dict("records")):
                     ticker = str(row["ts_code"]).strip().upper()
                     out[ticker] = Listing(
                         ticker=ticker,
                         name=_text(row.get("name")),
                         board=board_of(ticker, _text(row.get("market"))),
                         industry=_text(row.get("industry")),
-                        list_date=_date(row.get("list_date"), what),
-                        delist_date=_date(row.get("delist_date"), what),
+                        list_date=listed[i],
+                        delist_date=delisted[i],
                     )
             self._listings = out
         return dict(self._listings)
-
-    def tickers(self) -> list[str]:
-        """The configured tickers, else every listed stock (``stock_basic``, list_status L)."""
-        configured = super().tickers()
-        if configured:
-            return configured
-        return sorted(t for t, x in self.listings().items() if x.delist_date is None)
 
     def security(self, ticker: str) -> Security:
         base = super().security(ticker)
@@ -213,8 +208,15 @@ def _text(value: object) -> str | None:
     return text or None
 
 
-def _date(value: object, what: str) -> dt.date | None:
-    text = _text(value)
-    if text is None:
-        return None
-    return parse_dates(pd.Series([text]), "stock_basic", what)[0]
+def _dates(raw: pd.DataFrame, column: str, what: str) -> list[dt.date | None]:
+    """A column of YYYYMMDD dates, None where empty, parsed in one call."""
+    if column not in raw.columns:
+        return [None] * len(raw)
+    text = raw[column].map(_text)
+    present = text.notna().to_numpy()
+    out: list[dt.date | None] = [None] * len(raw)
+    if present.any():
+        parsed = parse_dates(text[present], "stock_basic", what)
+        for i, day in zip(present.nonzero()[0], parsed, strict=True):
+            out[int(i)] = day
+    return out
