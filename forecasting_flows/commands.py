@@ -556,6 +556,7 @@ def demo(
         make_source("demo"),
         end=today,
         history_start=s.history_start,
+        today=today,  # bars up to this command's clock's day are not "from the future"
     )
     if not already_shown(report.summary()):
         print("      " + report.summary().replace("\n", "\n      "))
