@@ -30,18 +30,24 @@ The Postgres runs use a throwaway database that is dropped afterwards.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where benchmarks/signal.py would stand
+# in for the standard library's signal module (that subprocess and the ingest import).
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
 import argparse
 import datetime as dt
 import logging
 import os
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
