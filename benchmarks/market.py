@@ -25,8 +25,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path, where benchmarks/signal.py would stand
-# in for the standard library's signal module that subprocess imports.
+# Run as a script, this folder comes first on sys.path, where a module named like one of the
+# standard library's would stand in for it.
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 

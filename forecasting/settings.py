@@ -303,12 +303,21 @@ def load_settings(
     return load_settings_and_origins(env, config_path).settings
 
 
+def config_file(
+    env: Mapping[str, str] | None = None, config_path: str | Path | None = None
+) -> Path:
+    """The config file settings are read from: ``config_path``, ``FORECASTING_CONFIG``, or
+    ``./forecasting.toml`` (which may not exist: then the defaults and the environment)."""
+    env = os.environ if env is None else env
+    return Path(config_path or env.get("FORECASTING_CONFIG") or DEFAULT_CONFIG_FILE)
+
+
 def load_settings_and_origins(
     env: Mapping[str, str] | None = None, config_path: str | Path | None = None
 ) -> LoadedSettings:
     """:func:`load_settings`, and where each value came from (for ``forecasting config``)."""
     env = dict(os.environ if env is None else env)
-    path = Path(config_path or env.get("FORECASTING_CONFIG") or DEFAULT_CONFIG_FILE)
+    path = config_file(env, config_path)
     if not path.exists() and (config_path is not None or "FORECASTING_CONFIG" in env):
         raise SettingsError(
             f"config file {path} does not exist; create it or unset FORECASTING_CONFIG"

@@ -556,6 +556,7 @@ def demo(
         make_source("demo"),
         end=today,
         history_start=s.history_start,
+        today=today,  # bars up to this command's clock's day are not "from the future"
     )
     if not already_shown(report.summary()):
         print("      " + report.summary().replace("\n", "\n      "))
@@ -697,9 +698,13 @@ def serve(ctx: typer.Context) -> None:
 def config(ctx: typer.Context, format: Format = "table") -> None:
     """Print the effective settings and where each came from (default, the config file, or an
     environment variable); the tushare token masked."""
-    from forecasting.settings import load_settings_and_origins
+    from forecasting.settings import config_file, load_settings_and_origins
 
-    emit(load_settings_and_origins().rows(), ["setting", "value", "origin", "variable"], format)
+    loaded = load_settings_and_origins()
+    if format == "table":
+        path = config_file()
+        print(f"config file: {path} ({'read' if path.exists() else 'not found: defaults'})")
+    emit(loaded.rows(), ["setting", "value", "origin", "variable"], format)
 
 
 def sql(ctx: typer.Context, format: Format = "table") -> None:

@@ -38,14 +38,22 @@ import threading
 import time
 from collections.abc import Iterator
 
+from forecasting.errors import ForecastingError
+
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # A fresh Prefect database runs every migration before the server answers: 32 s measured on a
-# busy 2-core machine, more than the setting's default of 20 s.
-_MIN_STARTUP_TIMEOUT_S = 60.0
+# busy 2-core machine, 75 s on one with a load of 11, more than the setting's default of 20 s.
+# The CLI does not wait for the server (its requests queue), so a long limit costs nothing
+# until the server truly hangs.
+_MIN_STARTUP_TIMEOUT_S = 180.0
 _STOP_TIMEOUT_S = 5.0
 _DRAIN_TIMEOUT_S = 10.0
+
+
+class LocalServerError(ForecastingError):
+    """The temporary Prefect server died or hung while starting, so the flow could not run."""
 
 
 @contextlib.contextmanager
@@ -94,9 +102,10 @@ def local_prefect_server() -> Iterator[str | None]:
     api_url = f"http://127.0.0.1:{port}/api"
     logger.debug("temporary Prefect server pid %d on %s", process.pid, api_url)
     stopping = threading.Event()
+    failure: list[str] = []  # what went wrong while it started, set by the watcher
     watcher = threading.Thread(
         target=_watch_startup,
-        args=(process, api_url, timeout, stopping),
+        args=(process, api_url, timeout, stopping, failure),
         name="prefect-server-startup",
         daemon=True,
     )
@@ -104,7 +113,17 @@ def local_prefect_server() -> Iterator[str | None]:
     try:
         watcher.start()
         _point_prefect_at(api_url)
-        yield api_url
+        try:
+            yield api_url
+        except Exception as exc:
+            # The flow failed because the server never came up: say that, in one line, rather
+            # than the client's "Failed to reach API" traceback.
+            # A watcher still running means the server never answered: give it a moment to see
+            # the server's exit (a server that failed closes its socket before it exits).
+            watcher.join(timeout=_STOP_TIMEOUT_S)
+            if failure:
+                raise LocalServerError(failure[0]) from exc
+            raise
     finally:
         try:
             _drain_prefect_workers()
@@ -133,9 +152,14 @@ def _point_prefect_at(api_url: str | None) -> None:
 
 
 def _watch_startup(
-    process: subprocess.Popen[bytes], api_url: str, timeout: float, stopping: threading.Event
+    process: subprocess.Popen[bytes],
+    api_url: str,
+    timeout: float,
+    stopping: threading.Event,
+    failure: list[str],
 ) -> None:
-    """Wait for the server's health check; say so on stderr if it dies or hangs first."""
+    """Wait for the server's health check; if it dies or hangs first, stop it and put the
+    reason in ``failure`` (the flow that needed it then fails with that reason)."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -143,19 +167,18 @@ def _watch_startup(
         while not stopping.is_set():
             if process.poll() is not None:
                 if not stopping.is_set():
-                    print(
-                        f"error: the temporary Prefect server exited with code "
-                        f"{process.returncode} while starting (its output is above); set "
-                        "PREFECT_API_URL to use a running server",
-                        file=sys.stderr,
+                    failure.append(
+                        f"the temporary Prefect server exited with code {process.returncode} "
+                        "while starting (its output is above); set PREFECT_API_URL to use a "
+                        "running server"
                     )
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                print(
-                    f"error: the temporary Prefect server did not start within {timeout:.0f} s; "
-                    "stopping it (set PREFECT_API_URL to use a running server)",
-                    file=sys.stderr,
+                failure.append(
+                    f"the temporary Prefect server did not start within {timeout:.0f} s; raise "
+                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or set PREFECT_API_URL to "
+                    "use a running server"
                 )
                 process.kill()
                 return

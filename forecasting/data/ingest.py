@@ -43,8 +43,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting.clock import real_clock, trading_today
@@ -52,10 +53,10 @@ from forecasting.data.calendar import DEFAULT_EXCHANGE, TradingCalendar
 from forecasting.data.increment import by_date_source
 from forecasting.data.interrupts import Interrupted, Interrupts
 from forecasting.data.prices import read_stored, stored_spans, upsert_prices
-from forecasting.data.schema import ingest_runs, rejected_rows, securities
+from forecasting.data.schema import ingest_runs, prices, rejected_rows, securities
 from forecasting.data.sources.base import PriceSource, Security, SourceError, empty_bars
 from forecasting.data.trade_cal import load_trade_cal
-from forecasting.data.validation import Checks, Rejection, validate_bars
+from forecasting.data.validation import Checks, Rejection, as_days, validate_bars
 from forecasting.errors import InputError
 from forecasting.settings import IngestSettings
 
@@ -546,8 +547,9 @@ def _ingest_ticker(
                 _upsert_security(conn, source.security(tr.ticker))
                 _heartbeat(conn, report, extra=(0, 0, 0, 0))
         return
+    days = _days(bars)  # [N] datetime64[D]
     if tr.whole:
-        bars = _leave_out(bars, tr, plan)
+        bars, days = _leave_out(bars, days, tr, plan)
     security = source.security(tr.ticker)
     with guard.writing(), engine.begin() as conn:
         # The listing date (reference data in securities, where the source has it) exempts
@@ -561,8 +563,12 @@ def _ingest_ticker(
             max_move=plan.max_move,
             listed=listed,
         )
-        dates = [d for d in bars["trade_date"].tolist() if isinstance(d, dt.date)]
-        stored = read_stored(conn, tr.ticker, min(dates), max(dates)) if dates else None
+        days = days[~np.isnat(days)]
+        stored = (
+            read_stored(conn, tr.ticker, days.min().astype(dt.date), days.max().astype(dt.date))
+            if len(days)
+            else None
+        )
         clean, rejections = validate_bars(
             bars, tr.ticker, calendar, checks, stored.context() if stored else None
         )
@@ -577,11 +583,32 @@ def _ingest_ticker(
             stored=stored,
         )
         repeats = _record_rejections(conn, rejections, report.run_id)
+        gap = None if tr.whole or listed is None else _gap(conn, tr, listed)
         inserted, updated, unchanged, revised = done
         _heartbeat(conn, report, extra=(inserted, updated, unchanged, len(rejections)))
     # Counted once committed: an interrupt before the commit leaves them out, as the database does.
     tr.inserted, tr.updated, tr.unchanged, tr.revised = inserted, updated, unchanged, revised
     tr.rejected, tr.rejected_before = len(rejections), repeats
+    tr.note = gap
+
+
+#: Stored history starting this many days after the listing (or the start asked for, if later)
+#: is reported: the source may have cut it off.
+GAP_DAYS = 30
+
+
+def _gap(conn: Connection, tr: TickerReport, listed: dt.date) -> str | None:
+    """A note when the stored history starts well after both the listing and the start asked."""
+    first = conn.execute(
+        select(func.min(prices.c.trade_date)).where(prices.c.ticker == tr.ticker)
+    ).scalar()
+    wanted = max(listed, min(a for a, _ in tr.ranges))
+    if first is None or (first - wanted).days <= GAP_DAYS:
+        return None
+    return (
+        f"gap: stored history starts {first}, {(first - wanted).days} days after {wanted} "
+        f"(listed {listed}); check the source for the missing days"
+    )
 
 
 def _nothing_back(tr: TickerReport, span: tuple[dt.date, dt.date] | None) -> None:
@@ -601,21 +628,26 @@ def _nothing_back(tr: TickerReport, span: tuple[dt.date, dt.date] | None) -> Non
         tr.note = "no new bars"
 
 
-def _leave_out(bars: pd.DataFrame, tr: TickerReport, plan: _Plan) -> pd.DataFrame:
-    """A whole file's rows before ``start`` or after ``end`` (up to today): counted, not loaded."""
-    days = bars["trade_date"]
-    dated = days.map(lambda d: isinstance(d, dt.date))
-    before = dated & (days < plan.start) if plan.start else dated & False
-    after = (
-        dated & (days > plan.end) & (days <= plan.today) if plan.end < plan.today else dated & False
-    )
+def _leave_out(
+    bars: pd.DataFrame, days: np.ndarray, tr: TickerReport, plan: _Plan
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """A whole file's rows before ``start`` or after ``end`` (up to today): counted, not loaded.
+    ``days`` [N] are the rows' dates (NaT where unreadable: never left out)."""
+    before = days < np.datetime64(plan.start) if plan.start else np.zeros(len(days), dtype=bool)
+    after = (days > np.datetime64(plan.end)) & (days <= np.datetime64(plan.today))
     if before.any():
-        tr.left_before, tr.first_left = int(before.sum()), min(days[before])
+        tr.left_before, tr.first_left = int(before.sum()), days[before].min().astype(dt.date)
     if after.any():
-        tr.left_after, tr.last_left = int(after.sum()), max(days[after])
+        tr.left_after, tr.last_left = int(after.sum()), days[after].max().astype(dt.date)
     if before.any() or after.any():
-        return bars.loc[~(before | after)].reset_index(drop=True)
-    return bars
+        keep = ~(before | after)
+        return bars.loc[keep].reset_index(drop=True), days[keep]
+    return bars, days
+
+
+def _days(bars: pd.DataFrame) -> np.ndarray:
+    """``trade_date`` as ``datetime64[D]`` [N], NaT where a row has none."""
+    return as_days([d if isinstance(d, dt.date) else None for d in bars["trade_date"].tolist()])
 
 
 def _record_rejections(conn: Connection, rejections: list[Rejection], run_id: str) -> int:

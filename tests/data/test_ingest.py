@@ -504,3 +504,21 @@ def test_each_ticker_commit_updates_the_runs_counts(engine: Engine) -> None:
     go(engine, Watching({"A.SH": bars("A.SH", 5), "B.SH": bars("B.SH", 7)}))
     assert [n for n, _ in seen] == [0, 5]
     assert all(beat is not None for _, beat in seen)
+
+
+def test_a_history_starting_long_after_the_listing_is_reported(engine: Engine) -> None:
+    """With the listing date known (reference data in securities), stored history that starts
+    months after it and after the start asked for is reported as a gap; a ticker whose history
+    starts at its listing is not."""
+    with engine.begin() as conn:
+        for ticker, listed in (("A.SH", D(2023, 6, 1)), ("B.SH", D(2024, 1, 1))):
+            conn.execute(securities.insert().values(ticker=ticker, kind="stock", list_date=listed))
+    source = FrameSource({"A.SH": bars("A.SH"), "B.SH": bars("B.SH")})
+    report = go(engine, source, history_start=D(2023, 1, 1))
+    assert report.status == "success"
+    assert report.tickers["A.SH"].note == (
+        "gap: stored history starts 2024-01-01, 214 days after 2023-06-01 (listed 2023-06-01); "
+        "check the source for the missing days"
+    )
+    assert report.tickers["B.SH"].note is None
+    assert "A.SH: 2023-01-01..2024-02-09" in report.summary()

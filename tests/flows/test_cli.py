@@ -63,9 +63,10 @@ def test_init_ingest_prices_models(
     out = capsys.readouterr().out
     assert "600519.SH  stock  2021-01-04  2021-04-09  64" in out
     assert main(["prices", "--format", "csv"]) == 0
+    # A CSV file carries no reference data: name, board, industry and listing dates are empty.
     assert capsys.readouterr().out.splitlines()[:2] == [
-        "ticker,kind,first_date,last_date,rows",
-        "600519.SH,stock,2021-01-04,2021-04-09,64",
+        "ticker,kind,first_date,last_date,rows,name,board,industry,list_date,delist_date",
+        "600519.SH,stock,2021-01-04,2021-04-09,64,,,,,",
     ]
     assert main(["prices", "-f", "json"]) == 0
     assert json.loads(capsys.readouterr().out)[0] == {
@@ -74,6 +75,11 @@ def test_init_ingest_prices_models(
         "first_date": "2021-01-04",
         "last_date": "2021-04-09",
         "rows": 64,
+        "name": None,
+        "board": None,
+        "industry": None,
+        "list_date": None,
+        "delist_date": None,
     }
     assert main(["models", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
@@ -496,3 +502,22 @@ def test_prices_loads_no_numerics_or_prefect(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "no prices yet" in done.stdout
     assert done.stderr.strip() == "[]"
+
+
+def test_config_says_which_file_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table starts with the config file and whether it was there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FORECASTING_CONFIG", raising=False)
+    assert main(["config"]) == 0
+    assert capsys.readouterr().out.startswith(
+        "config file: forecasting.toml (not found: defaults)\n"
+    )
+    (tmp_path / "forecasting.toml").write_text('source = "csv"\n', encoding="utf-8")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("config file: forecasting.toml (read)\n")
+    assert any(
+        line.split()[:3] == ["source", "csv", "forecasting.toml"] for line in out.splitlines()
+    )

@@ -46,7 +46,7 @@ from forecasting.data.validation import PROBLEM_COLUMN, RAW_TEXT_COLUMN
 
 SUFFIXES = (".csv", ".parquet")
 #: Rows parsed at a time; bounds the memory a big file's text needs.
-CHUNK_ROWS = 200_000
+CHUNK_ROWS = 50_000
 #: Tried in turn when no encoding is given: UTF-8 (with or without BOM), then GB18030, the
 #: superset of GBK and GB2312 that Chinese Windows tools save.
 ENCODINGS = ("utf-8-sig", "gb18030")
@@ -169,19 +169,22 @@ class FileSource:
         if self._bars is None:
             parts: dict[str, list[pd.DataFrame]] = {}
             for file in self._files():
+                mine: dict[str, list[pd.DataFrame]] = {}
                 try:
-                    bars = read_bars(file, ticker=self._ticker, encoding=self._encoding)
+                    # Chunk by chunk, split by ticker at once: the text of a big file is never
+                    # in memory whole, nor are its bars twice.
+                    for chunk in read_chunks(file, ticker=self._ticker, encoding=self._encoding):
+                        for ticker, group in _by_ticker(chunk):
+                            mine.setdefault(ticker, []).append(group)
                 except SourceError as exc:  # one broken file must not stop the others
                     self._broken[file] = str(exc)
                     continue
-                for ticker, group in _by_ticker(bars):
-                    parts.setdefault(ticker, []).append(group)
-            self._bars = {
-                ticker: _sorted(
-                    pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-                )
-                for ticker, frames in parts.items()
-            }
+                for ticker, frames in mine.items():
+                    parts.setdefault(ticker, []).extend(frames)
+            self._bars = {}
+            for ticker in list(parts):
+                frames = parts.pop(ticker)  # freed as each ticker's frame is built
+                self._bars[ticker] = _finish(frames)
         return self._bars
 
 
@@ -190,11 +193,24 @@ def read_bars(
 ) -> pd.DataFrame:
     """Bars from one file, oldest first (rows of several tickers possible), ``trade_date`` as
     ``datetime64`` (NaT where a row's date could not be read; its ``problem`` says why)."""
-    chunks = [_normalize(raw, path, ticker) for raw in _read_raw(path, encoding)]
-    chunks = [c for c in chunks if not c.empty]
-    if not chunks:
-        return _without_dates(empty_bars())
-    bars = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+    chunks = list(read_chunks(path, ticker=ticker, encoding=encoding))
+    return _finish(chunks) if chunks else _without_dates(empty_bars())
+
+
+def read_chunks(
+    path: Path, *, ticker: str | None = None, encoding: str | None = None
+) -> Iterator[pd.DataFrame]:
+    """The file's bars, :data:`CHUNK_ROWS` rows at a time, in file order."""
+    for raw in _read_raw(path, encoding):
+        bars = _normalize(raw, path, ticker)
+        if not bars.empty:
+            yield bars
+
+
+def _finish(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One ticker's (or file's) chunks as one frame, oldest first, the problem columns only
+    where a row has a problem."""
+    bars = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if PROBLEM_COLUMN in bars.columns and bars[PROBLEM_COLUMN].isna().all():
         bars = bars.drop(columns=[PROBLEM_COLUMN, RAW_TEXT_COLUMN])
     return _sorted(bars)
@@ -260,9 +276,6 @@ def _normalize(raw: pd.DataFrame, path: Path, ticker: str | None) -> pd.DataFram
             ",".join("" if pd.isna(v) else str(v) for v in r) for r in rows.itertuples(index=False)
         ]
         bars[RAW_TEXT_COLUMN] = raw_text
-    else:
-        bars[PROBLEM_COLUMN] = None
-        bars[RAW_TEXT_COLUMN] = None
     return bars
 
 
@@ -291,7 +304,7 @@ def _read_raw(path: Path, encoding: str | None) -> Iterator[pd.DataFrame]:
         # Codes and dates as text: ``000063`` and ``20190107`` must keep their digits as written;
         # the value columns go through the C parser's fast float path.
         header = pd.read_csv(path, nrows=0, encoding=enc).columns
-        text = {c: str for c in header if _key(c) in (*_CODE_COLUMNS, *_DATE_COLUMNS)}
+        text = {c: object for c in header if _key(c) in (*_CODE_COLUMNS, *_DATE_COLUMNS)}
         reader = pd.read_csv(
             path, dtype=text, encoding=enc, skipinitialspace=True, chunksize=CHUNK_ROWS
         )
@@ -349,7 +362,8 @@ def _tickers(
             problem = pd.Series("the row's ts_code is empty", index=raw.index).where(blank)
         if len(held) == 1 and not blank.any():  # the usual case; skips a slow per-row conversion
             return pd.Series(held.pop(), index=raw.index, dtype=object), problem
-        return pd.Series(codes.to_numpy(dtype=object), index=raw.index, dtype=object), problem
+        # Categorical: a million rows of a few hundred codes hold a few hundred strings.
+        return pd.Series(pd.Categorical(codes), index=raw.index), problem
     ticker = ticker or ticker_from_filename(path)
     if ticker is None:
         raise SourceError(
@@ -388,10 +402,16 @@ def _dates(values: pd.Series, column: object) -> tuple[pd.Series, pd.Series]:
 def _by_ticker(bars: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
     held = bars["ticker"].unique()
     if len(held) == 1:  # one ticker per file is the usual case; skip the groupby
-        yield str(held[0]), bars
+        yield (
+            str(held[0]),
+            bars.assign(ticker=pd.Series(str(held[0]), index=bars.index, dtype=object)),
+        )
         return
-    for ticker, group in bars.groupby("ticker", sort=False):
-        yield str(ticker), group.reset_index(drop=True)
+    for ticker, group in bars.groupby("ticker", sort=False, observed=True):
+        yield (
+            str(ticker),
+            group.assign(ticker=pd.Series(str(ticker), index=group.index, dtype=object)),
+        )
 
 
 def _without_dates(bars: pd.DataFrame) -> pd.DataFrame:
