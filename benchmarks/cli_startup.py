@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path, where benchmarks/signal.py would stand
-# in for the standard library's signal module that subprocess imports.
+# Run as a script, this folder comes first on sys.path, where a module named like a standard
+# one (there was a benchmarks/signal.py) would stand in for the one subprocess imports.
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 

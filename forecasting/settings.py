@@ -204,7 +204,9 @@ class Settings:
     # Which tickers, when not the list above: "all" (every listed A-share) or "index:000300.SH"
     # (an index's members on each day); see forecasting.data.universe.
     universe: str = ""
-    source: Annotated[SourceName, CHOICE] = "demo"
+    # No default: a run never ingests from a source nobody chose (the demo market least of
+    # all); `forecasting demo` or an explicit --source demo reach the demo.
+    source: Annotated[SourceName | None, CHOICE] = None
     source_path: str | None = None  # file or folder for source = "csv"
     history_start: Day = dt.date(2015, 1, 1)  # first day ingested for a ticker without history
     exchange: str = "XSHG"
@@ -303,12 +305,21 @@ def load_settings(
     return load_settings_and_origins(env, config_path).settings
 
 
+def config_file(
+    env: Mapping[str, str] | None = None, config_path: str | Path | None = None
+) -> Path:
+    """The config file settings are read from: ``config_path``, ``FORECASTING_CONFIG``, or
+    ``./forecasting.toml`` (which may not exist: then the defaults and the environment)."""
+    env = os.environ if env is None else env
+    return Path(config_path or env.get("FORECASTING_CONFIG") or DEFAULT_CONFIG_FILE)
+
+
 def load_settings_and_origins(
     env: Mapping[str, str] | None = None, config_path: str | Path | None = None
 ) -> LoadedSettings:
     """:func:`load_settings`, and where each value came from (for ``forecasting config``)."""
     env = dict(os.environ if env is None else env)
-    path = Path(config_path or env.get("FORECASTING_CONFIG") or DEFAULT_CONFIG_FILE)
+    path = config_file(env, config_path)
     if not path.exists() and (config_path is not None or "FORECASTING_CONFIG" in env):
         raise SettingsError(
             f"config file {path} does not exist; create it or unset FORECASTING_CONFIG"

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from forecasting.errors import InputError
 from forecasting.pipeline import backfill as bf
 from forecasting.pipeline.config import RunConfig
+from forecasting.pipeline.scopes import scoped_lineage
 from forecasting_flows.common import (
     FlowDate,
     SettingsTaskRunner,
@@ -83,9 +84,12 @@ def backfill(
     first, last = parse_date(start), parse_date(end)
     if first is None or last is None:
         raise InputError(f"backfill needs start and end dates, got {start!r} and {end!r}")
-    lineage = bf.lineage_for(first, last, retrain_every=retrain_every)
     names = list(tickers) if tickers else None
     cfg = RunConfig.of(s)  # what the tasks get: no token
+    with engine_for(cfg.database_url).connect() as conn:
+        lineage = scoped_lineage(
+            conn, cfg, bf.lineage_for(first, last, retrain_every=retrain_every), names
+        )
     days, gaps = plan_task(cfg, first, last, names)
     result = bf.BackfillResult(lineage, first, last, missing=gaps)
     bar = bf.progress_bar(len(days), None, lineage)  # on a terminal only (the CLI's)

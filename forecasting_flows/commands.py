@@ -28,6 +28,7 @@ from forecasting_flows.logs import already_shown
 from forecasting_flows.options import (
     End,
     Format,
+    Lineage,
     Start,
     Tickers,
     UniverseOption,
@@ -101,6 +102,31 @@ def _existing(s: Settings) -> Engine:
     from forecasting.data.db import open_existing
 
     return open_existing(s.database_url)
+
+
+def _known_lineage(engine: Engine, lineage: str) -> None:
+    """Refuse a ``--lineage`` no run has used (a typo would read as "no forecasts")."""
+    from sqlalchemy import select
+
+    from forecasting.data.schema import pipeline_runs
+
+    with engine.connect() as conn:
+        names = sorted(conn.execute(select(pipeline_runs.c.lineage).distinct()).scalars())
+    if names and lineage not in names:
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise InputError(f"--lineage {lineage!r}: no run has used it; the lineages are {shown}")
+
+
+def _working(s: Settings) -> Engine:
+    """The database for a command that computes on what is there (``run``, ``train``,
+    ``backfill``): it must exist (only ``init-db``, ``ingest`` and ``demo`` create one: a run
+    on a missing file would start over from nothing and say success); its schema is brought
+    up to date."""
+    from forecasting.data.db import init_db
+
+    engine = _existing(s)
+    init_db(engine)
+    return engine
 
 
 @contextmanager
@@ -242,7 +268,9 @@ def ingest(
             )
     knobs = replace(s.ingest, **{k: v for k, v in given.items() if v is not None})
     chosen = _tickers(tickers)
-    source_name = source or s.source
+    from forecasting.data.source_choice import chosen_source
+
+    source_name = chosen_source(source or s.source)
     last = end or session.today()
     check_range(start, last, end_is_today=end is None)
     progress(f"ingest from {source_name} into the database: loading ...")
@@ -364,7 +392,7 @@ def train(
     from forecasting.pipeline.promotion import promote
     from forecasting.pipeline.refit import train as run_train
 
-    engine = _engine(s)
+    engine = _working(s)
     for o in run_train(engine, s, through=through, finetune=finetune):
         print(
             f"{o.scope}: {o.action} -> version {o.new_version_id} "
@@ -378,8 +406,9 @@ def train(
             print(f"{change.message} (--force)")
 
 
-def models(ctx: typer.Context, format: Format = "table") -> None:
-    """List model versions with their validation metrics; promote or roll back by hand.
+def models(ctx: typer.Context, format: Format = "table", lineage: Lineage = "all") -> None:
+    """List model versions with their lineage and validation metrics (and why one was
+    retired); promote or roll back by hand.
 
     `forecasting models promote VERSION --reason TEXT` makes a retired or rejected version
     active; `forecasting models rollback --reason TEXT` brings back the previous champion.
@@ -388,12 +417,17 @@ def models(ctx: typer.Context, format: Format = "table") -> None:
     if ctx.invoked_subcommand is not None:
         return
     from forecasting.model.registry import list_versions
+    from forecasting.pipeline.scopes import lineage_of
 
-    with _existing(_session(ctx).settings).connect() as conn:
+    engine = _existing(_session(ctx).settings)
+    if lineage != "all":
+        _known_lineage(engine, lineage)
+    with engine.connect() as conn:
         versions = list_versions(conn)
     rows = [
         {
             "id": v.id,
+            "lineage": lineage_of(v.scope),
             "scope": v.scope,
             "kind": v.kind,
             "parent": v.parent_id,
@@ -404,11 +438,14 @@ def models(ctx: typer.Context, format: Format = "table") -> None:
             "ratio": (v.val_rmse / v.val_naive_rmse) if v.val_rmse and v.val_naive_rmse else None,
             "train_s": v.train_seconds,
             "created_at": str(v.created_at)[:19],
+            "retired_reason": v.retired_reason,
         }
         for v in versions
+        if lineage in ("all", lineage_of(v.scope))
     ]
     columns = [
         "id",
+        "lineage",
         "scope",
         "kind",
         "parent",
@@ -419,6 +456,7 @@ def models(ctx: typer.Context, format: Format = "table") -> None:
         "ratio",
         "train_s",
         "created_at",
+        "retired_reason",
     ]
     emit(rows, columns, format, empty="no model versions yet; run `forecasting train --full`")
 
@@ -491,9 +529,10 @@ def run(
 
     today = session.today()
     chosen = _tickers(tickers)
+    engine = _working(s)
     if no_prefect:
         summary = run_pipeline(
-            _engine(s),
+            engine,
             s,
             as_of,
             today=today,
@@ -507,7 +546,7 @@ def run(
             # Given no as_of the flow would read the wall clock; it is given today instead
             # (it resolves that to the latest day with prices), so the closed-day check it
             # would make is made here, by the same function, with this command's clock.
-            closed = closed_day(_engine(s), s, today, "live")
+            closed = closed_day(engine, s, today, "live")
             if closed is not None:
                 print_summary(closed, s)
                 return 0
@@ -556,7 +595,7 @@ def demo(
         make_source("demo"),
         end=today,
         history_start=s.history_start,
-        today=today,
+        today=today,  # bars up to this command's clock's day are not "from the future"
     )
     if not already_shown(report.summary()):
         print("      " + report.summary().replace("\n", "\n      "))
@@ -599,7 +638,7 @@ def backfill(
     Days already complete are skipped, so a rerun resumes a stopped backfill.
     """
     check_range(start, end)
-    _ = _session(ctx).settings  # a bad setting fails here, before a Prefect server starts
+    _working(_session(ctx).settings)  # a bad setting or no database fails here, before Prefect
     progress(f"backfill {start} to {end}: starting a local Prefect server ...")
     from forecasting_flows.backfill import backfill as run_backfill
 
@@ -629,6 +668,7 @@ def evaluate(
         ),
     ] = None,
     tickers: Tickers = None,
+    lineage: Lineage = "live",
     format: Format = "table",
     table: Annotated[
         EvaluationTable,
@@ -637,15 +677,19 @@ def evaluate(
 ) -> None:
     """Accuracy of stored forecasts against realized closes.
 
-    RMSE, MAE, MAPE, ratio to naive, direction, coverage, and the retrain cost.
+    RMSE, MAE, MAPE, ratio to naive, direction, coverage, and the retrain cost, of one
+    lineage's forecasts and refits.
     """
     check_range(start, end)
     engine = _existing(_session(ctx).settings)
+    _known_lineage(engine, lineage)
     progress("evaluate: reading forecasts and realized closes ...")
     from forecasting.evaluation.evaluation import evaluate as run_evaluate
 
     with engine.connect() as conn:
-        report = run_evaluate(conn, start=start, end=end, tickers=_tickers(tickers))
+        report = run_evaluate(
+            conn, start=start, end=end, tickers=_tickers(tickers), lineage=lineage
+        )
     if format == "table":
         print(report.to_text())
         return
@@ -668,11 +712,13 @@ def report(
     tickers: Tickers = None,
     start: Start = None,
     end: End = None,
+    lineage: Lineage = "live",
 ) -> None:
-    """Write an HTML report with plots."""
+    """Write an HTML report with plots, of one lineage's forecasts."""
     check_range(start, end)
     s = _session(ctx).settings
     engine = _existing(s)
+    _known_lineage(engine, lineage)
     progress("report: reading forecasts and drawing plots ...")
     from forecasting.evaluation.report import write_report
 
@@ -683,6 +729,7 @@ def report(
         settings=s,
         start=start,
         end=end,
+        lineage=lineage,
     )
     print(f"report written to {path}")
 
@@ -698,9 +745,13 @@ def serve(ctx: typer.Context) -> None:
 def config(ctx: typer.Context, format: Format = "table") -> None:
     """Print the effective settings and where each came from (default, the config file, or an
     environment variable); the tushare token masked."""
-    from forecasting.settings import load_settings_and_origins
+    from forecasting.settings import config_file, load_settings_and_origins
 
-    emit(load_settings_and_origins().rows(), ["setting", "value", "origin", "variable"], format)
+    loaded = load_settings_and_origins()
+    if format == "table":
+        path = config_file()
+        print(f"config file: {path} ({'read' if path.exists() else 'not found: defaults'})")
+    emit(loaded.rows(), ["setting", "value", "origin", "variable"], format)
 
 
 def sql(ctx: typer.Context, format: Format = "table") -> None:

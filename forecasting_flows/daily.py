@@ -31,7 +31,8 @@ from forecasting.pipeline.config import RunConfig
 from forecasting.pipeline.forecast import ForecastBatch, forecast_shard
 from forecasting.pipeline.forecast_store import WriteResult
 from forecasting.pipeline.refit import ScopeOutcome, apply_decision
-from forecasting.pipeline.summary import RunSummary
+from forecasting.pipeline.scopes import scoped_lineage
+from forecasting.pipeline.summary import RunSummary, SummaryStatus
 from forecasting_flows.common import (
     FlowDate,
     SettingsTaskRunner,
@@ -39,7 +40,7 @@ from forecasting_flows.common import (
     flush_run_logs,
     settings,
 )
-from forecasting_flows.ingest import ingest_sharded
+from forecasting_flows.ingest import ingest_own_sources
 
 TASK_OPTS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
 #: Scheduled and manual daily runs share the live lineage; backfills have their own.
@@ -48,15 +49,21 @@ LINEAGE = "live"
 
 @task(name="plan", task_run_name="plan", **TASK_OPTS)
 def plan_task(
-    cfg: RunConfig, as_of: dt.date | None, today: dt.date, tickers: list[str] | None
+    cfg: RunConfig,
+    as_of: dt.date | None,
+    today: dt.date,
+    tickers: list[str] | None,
+    ingest_errors: dict[str, str],
+    lineage: str,
 ) -> pipeline.DayPlan | RunSummary:
     return pipeline.plan_day(
         engine_for(cfg.database_url),
         cfg,
         as_of=as_of,
         today=today,
-        lineage=LINEAGE,
+        lineage=lineage,
         tickers=tickers,
+        ingest_errors=ingest_errors,
     )
 
 
@@ -90,12 +97,13 @@ def forecast_task(
     run_id: str,
     versions: dict[str, int | None],
     shard: int,
+    lineage: str,
 ) -> ForecastBatch:
     """Forecast one shard and stage its rows in the database; returns counts and skips, not
     rows. Retried like the other database writers: a retry re-stages the same tickers, and the
     forward pass it repeats is deterministic and cheap next to training."""
     batch = forecast_shard(
-        engine_for(cfg.database_url), cfg, as_of, units, run_id, lineage=LINEAGE, versions=versions
+        engine_for(cfg.database_url), cfg, as_of, units, run_id, lineage=lineage, versions=versions
     )
     get_run_logger().info(
         "shard %d: %d tickers forecast, %d rows staged, %d skipped",
@@ -114,10 +122,11 @@ def publish_task(
     batch: ForecastBatch,
     outcomes: list[ScopeOutcome],
     lock: LockToken,
+    skipped: dict[str, str],
 ) -> WriteResult:
     """I/O task: one transaction; the upsert is idempotent, so a retry cannot duplicate. It
     publishes nothing once the run has lost its lineage lock."""
-    return pipeline.publish(engine_for(cfg.database_url), run_id, batch, outcomes, lock)
+    return pipeline.publish(engine_for(cfg.database_url), run_id, batch, outcomes, lock, skipped)
 
 
 @task(name="summary", task_run_name="summary", **TASK_OPTS)
@@ -181,8 +190,10 @@ def daily(
         force_retrain: Retrain the model from scratch whatever the drift check says.
         rerun: Recompute a day that is already complete (otherwise a rerun writes nothing).
         tickers: Restrict to these tickers, e.g. ["600519.SH"] (default: the configured
-            universe, else every ticker with prices).
-        ingest: Ingest new prices from the configured source first.
+            universe, else every ticker with prices); a restricted run has a lineage of its
+            own (``live[600519.SH]``), with its own model.
+        ingest: Ingest new prices first, each ticker from its own source (the configured
+            source for tickers that have none yet; with none configured, nothing).
         shard_size: Tickers per forecast task (the unit that spreads over Dask workers).
         universe: "all", "index:000300.SH" or a ticker list (default: the universe setting).
     """
@@ -198,17 +209,27 @@ def daily(
         if closed is not None:
             return _finish(closed)
     names = list(tickers) if tickers else None
+    ingest_errors: dict[str, str] = {}
     if ingest:
-        ingest_sharded(s, tickers=names, end=today, today=today)
-    plan = plan_task(cfg, as_of, today, names)
+        result = ingest_own_sources(s, names, today)
+        try:
+            ingest_errors = pipeline.ingest_skips(
+                result["status"], result["errors"], result["summary"]
+            )
+        except pipeline.IngestFailedError as exc:
+            _finish(RunSummary(None, as_of, LINEAGE, SummaryStatus.FAILED, message=str(exc)))
+            raise
+    with engine.connect() as conn:
+        lineage = scoped_lineage(conn, cfg, LINEAGE, names)
+    plan = plan_task(cfg, as_of, today, names, ingest_errors, lineage)
     if isinstance(plan, RunSummary):
         return _finish(plan)
     scopes = plan.scopes
-    with scope_lock(engine, pipeline.lineage_lock(LINEAGE)) as lock:
+    with scope_lock(engine, pipeline.lineage_lock(lineage)) as lock:
         opened = pipeline.open_run(
             engine,
             plan.as_of,
-            lineage=LINEAGE,
+            lineage=lineage,
             kind="daily",
             redo=rerun or force_retrain,
             flow_run_id=flow_run.id,
@@ -231,7 +252,7 @@ def daily(
                 ]
                 outcomes = [o.result() for o in refits]
                 versions = pipeline.forecast_versions(outcomes)
-                parts_in = shards(plan.units, shard_size)
+                parts_in = shards(plan.forecast_units, shard_size)
                 parts = forecast_task.map(
                     cfg,
                     plan.as_of,
@@ -239,18 +260,19 @@ def daily(
                     run_id,
                     unmapped(versions),
                     range(1, len(parts_in) + 1),
+                    unmapped(lineage),
                 )
                 batch = ForecastBatch(plan.as_of)
                 for part in parts.result():
                     batch = batch.merge(part)
                 # quote(): Prefect would otherwise walk every ticker and skip reason in the batch
                 # looking for futures; it unwraps it before the call (its stubs don't model that).
-                written = publish_task(cfg, run_id, quote(batch), outcomes, lock)  # type: ignore[call-overload]
+                written = publish_task(cfg, run_id, quote(batch), outcomes, lock, plan.skipped)  # type: ignore[call-overload]
             except BaseException as exc:
                 pipeline.fail_run(engine, run_id, exc, list(scopes))
                 raise
     summary = pipeline.finished_summary(
-        engine, run_id, plan.as_of, LINEAGE, outcomes, batch, written
+        engine, run_id, plan.as_of, lineage, outcomes, batch, written, plan.skipped
     )
     log.info(
         "as of %s: %s; %d tickers forecast, %d skipped",

@@ -13,6 +13,7 @@ from forecasting.clock import real_clock, trading_today
 from forecasting.data.increment import MarketSource
 from forecasting.data.ingest import ingest as ingest_prices
 from forecasting.data.ingest import ingest_options, source_options
+from forecasting.data.provenance import HOW_TO_SET, chosen_source, sources_of
 from forecasting.data.sources import PriceSource, make_source
 from forecasting.data.universe import ingest_tickers
 from forecasting.settings import Settings
@@ -26,7 +27,7 @@ from forecasting_flows.common import (
 
 
 def _source(s: Settings, source: str | None, path: str | None) -> PriceSource:
-    name = source or s.source
+    name = chosen_source(source or s.source)
     return make_source(
         name,
         token=s.tushare_token.value,
@@ -73,6 +74,7 @@ def ingest_task(
         "run_id": report.run_id,
         "status": report.status,
         "summary": report.summary(),
+        "errors": {t: r.error for t, r in report.tickers.items() if r.error},
     }
 
 
@@ -120,6 +122,8 @@ def ingest_sharded(
         "run_ids": [r["run_id"] for r in results],
         "status": status,
         "summary": "\n".join(r["summary"] for r in results),
+        # ticker -> why its ingest failed: the daily run skips those tickers with the reason
+        "errors": {t: e for r in results for t, e in r.get("errors", {}).items()},
     }
     create_markdown_artifact(
         key="ingest-summary",
@@ -127,6 +131,55 @@ def ingest_sharded(
         description=f"Price ingest: {status}",
     )
     return out
+
+
+def ingest_own_sources(
+    s: Settings, tickers: list[str] | None, end: dt.date | None
+) -> dict[str, Any]:
+    """The daily run's ingest: each ticker from its own recorded source
+    (:func:`~forecasting.data.provenance.sources_of`); the configured source only for tickers
+    that have none yet (an empty database: the configured source's universe). A ticker with no
+    source at all is not ingested and its error says how to set one."""
+    from sqlalchemy import select
+
+    from forecasting.data.schema import prices
+
+    with engine_for(s.database_url).connect() as conn:
+        names = list(tickers or s.tickers) or sorted(
+            conn.execute(select(prices.c.ticker).distinct()).scalars()
+        )
+        own = sources_of(conn, names)
+    groups: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
+    for t in names:
+        source = own.get(t) or s.source
+        if source is None:
+            errors[t] = f"no price source for it is configured; {HOW_TO_SET}"
+        else:
+            groups.setdefault(source, []).append(t)
+    if not names and s.source:
+        groups[s.source] = []  # nothing stored yet: the configured source's own universe
+    results = [
+        ingest_sharded(s, source, group or None, end=end, today=end)
+        for source, group in groups.items()
+    ]
+    statuses = {r["status"] for r in results} | ({"failed"} if errors else set())
+    status = (
+        "success"
+        if statuses <= {"success"}
+        else ("failed" if statuses == {"failed"} else "partial")
+    )
+    if not results and not errors:
+        status = "success"  # nothing to ingest
+    summary = "\n".join(
+        [r["summary"] for r in results] + [f"{t}: not ingested: {e}" for t, e in errors.items()]
+    )
+    if not names and not s.source:
+        summary = f"nothing ingested: no price source is configured; {HOW_TO_SET}"
+    get_run_logger().info(summary)
+    for r in results:
+        errors.update(r["errors"])
+    return {"status": status, "errors": errors, "summary": summary}
 
 
 def _markdown(result: dict[str, Any]) -> str:

@@ -77,6 +77,16 @@ Format = Annotated[
     typer.Option("--format", "-f", help="table (plain columns in a pipe), csv or json"),
 ]
 
+Lineage = Annotated[
+    str,
+    typer.Option(
+        "--lineage",
+        help="the lineage to read: live (the daily runs), a backfill's "
+        "(backfill:START:END) or a restricted run's (live[600519.SH]); "
+        "`forecasting models --lineage all` lists them",
+    ),
+]
+
 #: The options that take a list of tickers: ``--tickers A B`` reads as ``--tickers A,B``.
 TICKER_FLAGS = ("--tickers", "--ticker", "-t")
 

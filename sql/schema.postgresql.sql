@@ -43,6 +43,7 @@ CREATE TABLE model_versions (
 	checkpoint_path TEXT, 
 	checkpoint_sha256 VARCHAR(64) NOT NULL, 
 	status VARCHAR(16) NOT NULL, 
+	retired_reason TEXT, 
 	PRIMARY KEY (id), 
 	FOREIGN KEY(parent_id) REFERENCES model_versions (id)
 );
@@ -74,6 +75,7 @@ CREATE TABLE securities (
 	list_date DATE, 
 	delist_date DATE, 
 	checked_through DATE, 
+	source VARCHAR(32), 
 	PRIMARY KEY (ticker)
 );
 
@@ -202,25 +204,41 @@ CREATE TABLE forecasts (
 
 CREATE INDEX ix_forecasts_as_of ON forecasts (as_of_date);
 
-CREATE VIEW latest_forecasts AS
-SELECT ticker, as_of_date, target_date, horizon, yhat, yhat_lower, yhat_upper, base_close,
-       model_version_id, run_id, calendar_source, created_at
+CREATE TABLE run_skips (
+	run_id VARCHAR(36) NOT NULL, 
+	ticker VARCHAR(32) NOT NULL, 
+	reason TEXT NOT NULL, 
+	CONSTRAINT pk_run_skips PRIMARY KEY (run_id, ticker), 
+	FOREIGN KEY(run_id) REFERENCES pipeline_runs (run_id)
+);
+
+CREATE VIEW latest_forecasts_all AS
+SELECT lineage, ticker, as_of_date, target_date, horizon, yhat, yhat_lower, yhat_upper,
+       base_close, model_version_id, run_id, calendar_source, created_at
 FROM (
-    SELECT f.*, ROW_NUMBER() OVER (
-        PARTITION BY f.ticker, f.as_of_date, f.horizon
+    SELECT r.lineage, f.*, ROW_NUMBER() OVER (
+        PARTITION BY r.lineage, f.ticker, f.as_of_date, f.horizon
         ORDER BY f.created_at DESC, f.id DESC
     ) AS rn
     FROM forecasts f
+    JOIN pipeline_runs r ON r.run_id = f.run_id
 ) ranked
 WHERE rn = 1;
 
-CREATE VIEW forecast_errors AS
+CREATE VIEW latest_forecasts AS
+SELECT * FROM latest_forecasts_all WHERE lineage = 'live';
+
+CREATE VIEW forecast_errors_all AS
 SELECT f.ticker, f.as_of_date, f.target_date, f.horizon, f.model_version_id, f.run_id,
        f.yhat, f.yhat_lower, f.yhat_upper, f.base_close,
        p.close AS actual,
        f.yhat - p.close AS error,
        f.base_close - p.close AS naive_error,
        CASE WHEN p.close >= f.yhat_lower AND p.close <= f.yhat_upper THEN 1 ELSE 0 END
-           AS covered
-FROM latest_forecasts f
+           AS covered,
+       f.lineage
+FROM latest_forecasts_all f
 JOIN prices p ON p.ticker = f.ticker AND p.trade_date = f.target_date;
+
+CREATE VIEW forecast_errors AS
+SELECT * FROM forecast_errors_all WHERE lineage = 'live';

@@ -187,4 +187,4 @@ def test_every_value_says_where_it_came_from(tmp_path: Path) -> None:
 def test_the_variables_the_project_reads_elsewhere_are_not_unknown(tmp_path: Path) -> None:
     """FORECASTING_CONFIG, the Secret block's name and the test suite's own variables pass."""
     env = {name: "x" for name in OTHER_VARIABLES if name != "FORECASTING_CONFIG"}
-    assert load_settings(env=env, config_path=_write(tmp_path, "")).source == "demo"
+    assert load_settings(env=env, config_path=_write(tmp_path, "")).source is None

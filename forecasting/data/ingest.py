@@ -53,6 +53,7 @@ from forecasting.data.calendar import DEFAULT_EXCHANGE, TradingCalendar
 from forecasting.data.increment import by_date_source
 from forecasting.data.interrupts import Interrupted, Interrupts
 from forecasting.data.prices import read_stored, stored_spans, upsert_prices
+from forecasting.data.provenance import DEMO, check_demo_target, record_source
 from forecasting.data.schema import ingest_runs, prices, rejected_rows, securities
 from forecasting.data.sources.base import PriceSource, Security, SourceError, empty_bars
 from forecasting.data.trade_cal import load_trade_cal
@@ -321,6 +322,9 @@ def ingest(
     end = end or today
     if start is not None and start > end:
         raise InputError(f"ingest start {start} is after end {end}; swap them or drop start")
+    if source.name == DEMO:
+        with engine.connect() as conn:
+            check_demo_target(conn)  # never synthetic bars in a real series
     deadline = None if deadline_s is None else time.monotonic() + deadline_s
     if deadline_s is not None and hasattr(source, "set_deadline"):
         source.set_deadline(deadline)  # network waits and retries end there too
@@ -573,6 +577,7 @@ def _ingest_ticker(
             bars, tr.ticker, calendar, checks, stored.context() if stored else None
         )
         _upsert_security(conn, security)
+        record_source(conn, tr.ticker, source.name)
         done = upsert_prices(
             conn,
             tr.ticker,

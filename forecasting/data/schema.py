@@ -51,6 +51,8 @@ securities = Table(
     # The whole-market fetch of this day had no bar for it (a suspension): the next increment
     # starts after this day, not after the last bar.
     Column("checked_through", Date),
+    # The source its prices come from (tushare | csv | demo); the daily ingest uses it.
+    Column("source", String(32)),
 )
 
 # Index constituents as published at each rebalance date (tushare index_weight), so that a
@@ -166,6 +168,9 @@ model_versions = Table(
     Column(
         "status", String(16), nullable=False
     ),  # candidate | active | retired | rejected | discarded
+    # Why a version was retired other than by a successor: its checkpoint was missing or
+    # corrupt when a run needed it (the run then retrained from scratch).
+    Column("retired_reason", Text),
     Index(
         "uq_model_versions_active_scope",
         "scope",
@@ -227,6 +232,17 @@ pipeline_runs = Table(
     Column("error", Text),
 )
 
+# Tickers a run did not forecast, with the reason (``ingest failed: ...``, ``stale since D``,
+# ``delisted on D``, too little history, no model): written in the run's publish.
+run_skips = Table(
+    "run_skips",
+    metadata,
+    Column("run_id", String(36), ForeignKey("pipeline_runs.run_id"), nullable=False),
+    Column("ticker", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    PrimaryKeyConstraint("run_id", "ticker", name="pk_run_skips"),
+)
+
 forecasts = Table(
     "forecasts",
     metadata,
@@ -283,26 +299,42 @@ SELECT f.ticker, f.as_of_date, f.target_date, f.horizon, f.model_version_id, f.r
            AS covered
 """.strip()
 
-# Views are written once in SQL that SQLite and Postgres both accept.
+#: The lineage the plain views show: the scheduled and manual daily runs'.
+LIVE = "live"
+
+# Views are written once in SQL that SQLite and Postgres both accept, in dependency order.
+# The *_all views hold every lineage (a backfill's, a restricted run's) with ``lineage`` as a
+# column, newest row per lineage and key; the plain ones are the live lineage's, so that live
+# and backfill forecasts never mix in what users read.
 VIEWS: dict[str, str] = {
-    "latest_forecasts": """
-CREATE VIEW latest_forecasts AS
-SELECT ticker, as_of_date, target_date, horizon, yhat, yhat_lower, yhat_upper, base_close,
-       model_version_id, run_id, calendar_source, created_at
+    "latest_forecasts_all": """
+CREATE VIEW latest_forecasts_all AS
+SELECT lineage, ticker, as_of_date, target_date, horizon, yhat, yhat_lower, yhat_upper,
+       base_close, model_version_id, run_id, calendar_source, created_at
 FROM (
-    SELECT f.*, ROW_NUMBER() OVER (
-        PARTITION BY f.ticker, f.as_of_date, f.horizon
+    SELECT r.lineage, f.*, ROW_NUMBER() OVER (
+        PARTITION BY r.lineage, f.ticker, f.as_of_date, f.horizon
         ORDER BY f.created_at DESC, f.id DESC
     ) AS rn
     FROM forecasts f
+    JOIN pipeline_runs r ON r.run_id = f.run_id
 ) ranked
 WHERE rn = 1
 """.strip(),
+    "latest_forecasts": f"""
+CREATE VIEW latest_forecasts AS
+SELECT * FROM latest_forecasts_all WHERE lineage = '{LIVE}'
+""".strip(),
+    "forecast_errors_all": f"""
+CREATE VIEW forecast_errors_all AS
+{FORECAST_ERROR_COLUMNS},
+       f.lineage
+FROM latest_forecasts_all f
+JOIN prices p ON p.ticker = f.ticker AND p.trade_date = f.target_date
+""".strip(),
     "forecast_errors": f"""
 CREATE VIEW forecast_errors AS
-{FORECAST_ERROR_COLUMNS}
-FROM latest_forecasts f
-JOIN prices p ON p.ticker = f.ticker AND p.trade_date = f.target_date
+SELECT * FROM forecast_errors_all WHERE lineage = '{LIVE}'
 """.strip(),
 }
 
@@ -337,20 +369,32 @@ def _add_missing_columns(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _view_columns(conn: Connection, name: str) -> set[str] | None:
+    """The columns of view ``name``, or ``None`` when there is no such view."""
+    if conn.dialect.name == "postgresql":
+        exists = conn.execute(
+            text("SELECT 1 FROM pg_views WHERE viewname = :n AND schemaname = current_schema()"),
+            {"n": name},
+        ).first()
+    else:
+        exists = conn.execute(
+            text("SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = :n"), {"n": name}
+        ).first()
+    if not exists:
+        return None
+    return {c["name"] for c in inspect(conn).get_columns(name)}
+
+
 def _create_views(conn: Connection) -> None:
+    """Create the views that are missing. A database from before the views had a ``lineage``
+    column gets them all recreated (dropped dependents first), once."""
+    present = {name: _view_columns(conn, name) for name in VIEWS}
+    if any(cols is not None and "lineage" not in cols for cols in present.values()):
+        for name in reversed(VIEWS):
+            conn.execute(text(f"DROP VIEW IF EXISTS {name}"))
+        present = dict.fromkeys(VIEWS)
     for name, ddl in VIEWS.items():
-        if conn.dialect.name == "postgresql":
-            exists = conn.execute(
-                text(
-                    "SELECT 1 FROM pg_views WHERE viewname = :n AND schemaname = current_schema()"
-                ),
-                {"n": name},
-            ).first()
-        else:
-            exists = conn.execute(
-                text("SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = :n"), {"n": name}
-            ).first()
-        if not exists:
+        if present[name] is None:
             conn.execute(text(ddl))
 
 

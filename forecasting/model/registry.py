@@ -73,6 +73,7 @@ class VersionInfo:
     train_seconds: float | None
     status: VersionStatus
     n_train_samples: int | None
+    retired_reason: str | None = None  # why it was retired other than by a successor
 
 
 def _checkpoint_bytes(model: TrainedModel) -> bytes:
@@ -207,6 +208,7 @@ def _info(row: RowMapping) -> VersionInfo:
         train_seconds=row["train_seconds"],
         status=VersionStatus(row["status"]),
         n_train_samples=row["n_train_samples"],
+        retired_reason=row.get("retired_reason"),
     )
 
 
@@ -283,6 +285,40 @@ def active_version(conn: Connection, scope: str = "global") -> VersionInfo | Non
         .first()
     )
     return _info(row) if row is not None else None
+
+
+def active_version_at(conn: Connection, scope: str, as_of: dt.date) -> VersionInfo | None:
+    """The version that was ``scope``'s model as of ``as_of``: the newest one trained through
+    ``as_of`` at the latest that a run used as its champion (``active`` or ``retired``; not one
+    retired for a broken checkpoint). A run as of a past day forecasts with it, so that no
+    forecast comes from a model trained past its as-of date."""
+    mv = model_versions.c
+    row = (
+        conn.execute(
+            select(model_versions)
+            .where(
+                mv.scope == scope,
+                mv.trained_through <= as_of,
+                mv.status.in_((VersionStatus.ACTIVE, VersionStatus.RETIRED)),
+                mv.retired_reason.is_(None),
+            )
+            .order_by(mv.trained_through.desc(), mv.id.desc())
+        )
+        .mappings()
+        .first()
+    )
+    return _info(row) if row is not None else None
+
+
+def retire_broken(conn: Connection, version_id: int, reason: str) -> None:
+    """Retire a version whose checkpoint cannot be loaded, recording why; nothing reads it as
+    active (or as a point-in-time champion) again, and the next refit starts from scratch."""
+    _row(conn, version_id)
+    conn.execute(
+        update(model_versions)
+        .where(model_versions.c.id == version_id)
+        .values(status=VersionStatus.RETIRED, retired_reason=reason)
+    )
 
 
 def latest_attempt(conn: Connection, scope: str) -> VersionInfo | None:

@@ -39,7 +39,7 @@ from forecasting.pipeline import runs
 from forecasting.pipeline.config import RunSettings
 from forecasting.pipeline.daily import run_pipeline
 from forecasting.pipeline.retrain_policy import calendar_due
-from forecasting.pipeline.scopes import scope_name, scope_units, universe
+from forecasting.pipeline.scopes import scope_name, scope_units, scoped_lineage, universe
 from forecasting.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,7 @@ def run_day(
     record in ``model_checks``, not from the start of the range).
     """
     with engine.connect() as conn:
+        lineage = scoped_lineage(conn, settings, lineage, tickers)
         done = runs.completed_run(conn, as_of, lineage)
         if done is not None:
             # Checked here as well as in run_pipeline: a calendar-forced day must not recompute
@@ -312,6 +313,8 @@ def backfill(
     Args:
         tickers: restrict the universe (default: settings, else every ticker with prices).
         lineage: where models and runs live (default :func:`lineage_for`); reuse one to resume.
+            Restricted to some ``tickers``, it is a lineage of its own
+            (:func:`~forecasting.pipeline.scopes.scoped_lineage`).
         retrain_every: calendar policy, see :func:`run_day` (combine with
             :func:`calendar_policy` to switch the drift check off).
         progress: a tqdm bar (default: when stderr is a terminal); each day is logged anyway.
@@ -320,6 +323,8 @@ def backfill(
     Idempotent: completed days are skipped, so rerunning resumes or changes nothing.
     """
     lineage = lineage or lineage_for(start, end, retrain_every=retrain_every)
+    with engine.connect() as conn:
+        lineage = scoped_lineage(conn, settings, lineage, tickers)
     days, gaps = plan(engine, settings, start, end, tickers)
     result = BackfillResult(lineage, start, end, missing=gaps)
     bar = progress_bar(len(days), progress, lineage)

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
+from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 
 from forecasting.clock import real_clock, trading_today
 from forecasting.data.calendar import TradingCalendar
 from forecasting.data.locks import LockToken, scope_lock, verify
+from forecasting.data.schema import run_skips
+from forecasting.errors import ForecastingError
 from forecasting.model import registry
 from forecasting.pipeline import runs
 from forecasting.pipeline.check import check_scope
@@ -40,9 +43,11 @@ from forecasting.pipeline.forecast_store import (
 from forecasting.pipeline.refit import ScopeOutcome, apply_decision, commit_outcome
 from forecasting.pipeline.runs import RunStatus
 from forecasting.pipeline.scopes import (
+    input_skips,
     resolve_as_of,
     scope_name,
     scope_units,
+    scoped_lineage,
     universe,
 )
 from forecasting.pipeline.summary import RunSummary, SummaryStatus
@@ -52,18 +57,43 @@ log = logging.getLogger(__name__)
 NO_DATA = "no prices in the database; run `forecasting ingest` first"
 
 
+class IngestFailedError(ForecastingError, RuntimeError):
+    """The run's ingest failed for every ticker: nothing is forecast from old prices."""
+
+
+def ingest_skips(status: str, errors: Mapping[str, str], summary: str = "") -> dict[str, str]:
+    """What a run makes of its ingest: ticker -> error for the tickers whose ingest failed
+    (the plan skips them); :class:`IngestFailedError` when it failed altogether."""
+    if status == "failed":
+        why = "; ".join(f"{t}: {e}" for t, e in list(errors.items())[:3]) or summary
+        raise IngestFailedError(
+            f"the ingest failed, so nothing was forecast ({why}); fix the source (token, "
+            "network, FORECASTING_SOURCE) and run again"
+        )
+    return dict(errors)
+
+
 @dataclass(frozen=True)
 class DayPlan:
-    """What a run covers: its as-of day, and each model unit with the tickers it covers."""
+    """What a run covers: its as-of day, each model unit with the tickers it covers, and the
+    tickers it must not forecast for their inputs, with the reason."""
 
     as_of: dt.date
     lineage: str
     units: dict[str, list[str]]
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def scopes(self) -> dict[str, list[str]]:
-        """Model scope (the registry's name, lineage-qualified) -> its tickers."""
+        """Model scope (the registry's name, lineage-qualified) -> its tickers (all of them:
+        a ticker with stale prices still trains on the history it has)."""
         return {scope_name(self.lineage, u): t for u, t in self.units.items()}
+
+    @property
+    def forecast_units(self) -> dict[str, list[str]]:
+        """Each unit's tickers to forecast: those with current inputs."""
+        out = {u: [t for t in ts if t not in self.skipped] for u, ts in self.units.items()}
+        return {u: ts for u, ts in out.items() if ts}
 
 
 def lineage_lock(lineage: str) -> str:
@@ -97,15 +127,20 @@ def plan_day(
     today: dt.date,
     lineage: str,
     tickers: Sequence[str] | None = None,
+    ingest_errors: Mapping[str, str] | None = None,
 ) -> DayPlan | RunSummary:
     """The run's as-of day, the latest day with prices on or before ``as_of`` (default
-    ``today``), and its scopes; a no-data summary when there are no prices by then."""
+    ``today``), its scopes, and the tickers it skips for their inputs (:func:`input_skips`:
+    the ingest of it failed, delisted, or no price on that day); a no-data summary when there
+    are no prices by then."""
     with engine.connect() as conn:
         names = universe(conn, settings, tickers, day=as_of or today)
     resolved = resolve_as_of(engine, as_of or today, names)
     if resolved is None:
         return RunSummary(None, None, lineage, SummaryStatus.NO_DATA, message=NO_DATA)
-    return DayPlan(resolved, lineage, scope_units(settings, names))
+    with engine.connect() as conn:
+        skipped = input_skips(conn, names, resolved, ingest_errors)
+    return DayPlan(resolved, lineage, scope_units(settings, names), skipped)
 
 
 def refit_scope(
@@ -133,9 +168,12 @@ def publish(
     batch: ForecastBatch,
     outcomes: Sequence[ScopeOutcome],
     lock: LockToken | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> WriteResult:
     """Make the run visible, in one transaction: each scope's decision and new champion, the
-    forecasts its shards staged, and the run's completion record; empty its stage.
+    forecasts its shards staged, the tickers it skipped with the reason (``run_skips``) and
+    the run's completion record: ``partial`` when ``skipped`` (the plan's input skips) is not
+    empty, else ``success``; empty its stage.
 
     With ``lock`` (the run's lineage lock), the transaction checks last that the lock is still
     held, first and last, and rolls back with :class:`~forecasting.data.locks.LockLostError`
@@ -152,11 +190,18 @@ def publish(
             )
         result = write_forecasts(conn, run_id, rows)
         clear_staging(conn, run_id)
+        input_skipped = dict(skipped or {})
+        all_skipped = {**batch.skipped, **input_skipped}
+        if all_skipped:
+            conn.execute(
+                insert(run_skips),
+                [{"run_id": run_id, "ticker": t, "reason": r} for t, r in all_skipped.items()],
+            )
         actions = [o.action for o in outcomes]
         runs.finish_run(
             conn,
             run_id,
-            status=RunStatus.SUCCESS,
+            status=RunStatus.PARTIAL if input_skipped else RunStatus.SUCCESS,
             decision=max(actions, key=lambda a: {"keep": 0, "finetune": 1, "retrain": 2}[a])
             if actions
             else None,
@@ -164,7 +209,7 @@ def publish(
             if len(batch.versions) == 1
             else None,
             n_forecast=len(batch.tickers),
-            n_skipped=len(batch.skipped),
+            n_skipped=len(all_skipped),
             counts={
                 "rows": len(rows),
                 "inserted": result.inserted,
@@ -232,21 +277,31 @@ def finished_summary(
     outcomes: list[ScopeOutcome],
     batch: ForecastBatch,
     written: WriteResult,
+    input_skipped: Mapping[str, str] | None = None,
 ) -> RunSummary:
-    """The summary of a committed run, with its next-day forecasts read back from the table."""
+    """The summary of a committed run, with its next-day forecasts read back from the table;
+    ``partial`` when tickers were skipped for their inputs."""
     with engine.connect() as conn:
         nd = next_day_forecasts(conn, as_of, version_ids=list(batch.versions.values()))
+    message = ""
+    if input_skipped:
+        message = (
+            f"partial: {len(input_skipped)} ticker(s) not forecast for their inputs "
+            "(see Skipped, and the run_skips table); once their prices are in, rerun the day "
+            "with --rerun"
+        )
     return RunSummary(
         run_id,
         as_of,
         lineage,
-        SummaryStatus.SUCCESS,
+        SummaryStatus.PARTIAL if input_skipped else SummaryStatus.SUCCESS,
         outcomes,
         n_forecast_rows=batch.n_rows,
         tickers_forecast=batch.tickers,
-        skipped=batch.skipped,
+        skipped={**batch.skipped, **(input_skipped or {})},
         written=written,
         next_day=nd,
+        message=message,
     )
 
 
@@ -269,10 +324,13 @@ def run_pipeline(
     reported and nothing runs.
 
     A second call for an ``as_of`` already completed in the same lineage does nothing and says
-    so, unless ``rerun`` (or ``force_retrain``) is set.
+    so, unless ``rerun`` (or ``force_retrain``) is set. A run restricted to some ``tickers``
+    runs in a lineage of its own (:func:`~forecasting.pipeline.scopes.scoped_lineage`).
     """
     step = on_step or (lambda name: log.debug("step %s", name))
     today = today or trading_today(real_clock())
+    with engine.connect() as conn:
+        lineage = scoped_lineage(conn, settings, lineage, tickers)
     if as_of is None:
         closed = closed_day(engine, settings, today, lineage)
         if closed is not None:
@@ -314,14 +372,16 @@ def run_pipeline(
                     engine,
                     settings,
                     plan.as_of,
-                    plan.units,
+                    plan.forecast_units,
                     run_id,
                     lineage=lineage,
                     versions=forecast_versions(outcomes),
                 )
                 step("publish")
-                written = publish(engine, run_id, batch, outcomes, lock)
+                written = publish(engine, run_id, batch, outcomes, lock, plan.skipped)
             except BaseException as exc:
                 fail_run(engine, run_id, exc, list(scopes))
                 raise
-    return finished_summary(engine, run_id, plan.as_of, lineage, outcomes, batch, written)
+    return finished_summary(
+        engine, run_id, plan.as_of, lineage, outcomes, batch, written, plan.skipped
+    )

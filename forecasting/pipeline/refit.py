@@ -29,6 +29,7 @@ from forecasting.pipeline import runs
 from forecasting.pipeline.check import (
     BASELINE_KEY,
     ScopeCheck,
+    load_or_retire,
     validation_baseline,
     validation_start,
 )
@@ -44,6 +45,7 @@ from forecasting.pipeline.scopes import (
     resolve_as_of,
     scope_name,
     scope_units,
+    scoped_lineage,
     universe,
 )
 
@@ -74,6 +76,7 @@ class ScopeOutcome:
     train_seconds: float = 0.0
     active_version_id: int | None = None
     candidate_rmse: float = math.nan
+    point_in_time: bool = False  # see ScopeCheck.point_in_time: its model never goes live
 
 
 def _model_config(settings: RunSettings) -> ModelConfig:
@@ -116,6 +119,7 @@ def apply_decision(
         baseline_rmse=check.baseline_rmse,
         model_age_days=check.model_age_days,
         n_scored=check.n,
+        point_in_time=check.point_in_time,
     )
     if check.action == Action.KEEP:
         return ScopeOutcome(
@@ -125,8 +129,11 @@ def apply_decision(
     config = _model_config(settings)
     with engine.connect() as conn:
         series = _training_series(conn, settings, check.tickers, as_of)
-        active = registry.load_model(conn, check.version_id) if check.version_id else None
-    reason = check.reason
+        info = registry.get_version(conn, check.version_id) if check.version_id else None
+    # A full retrain never needs the champion: when its checkpoint is broken it is retired
+    # with the reason and the candidate simply wins.
+    active, broken = load_or_retire(engine, info)
+    reason = f"{check.reason}; {broken}" if broken else check.reason
     action = Action(check.action)
     started = time.perf_counter()
     candidate: TrainedModel | None = None
@@ -164,12 +171,15 @@ def apply_decision(
             ).interval_score
     # A full retrain (scheduled by age or calendar, forced, or after a failed fine-tune)
     # replaces a champion it ties: the challenger saw fresher data.
-    promoted = active is None or challenger_wins(
-        cand_ratio,
-        champ_ratio,
-        champion_due=check.breached or action is Action.RETRAIN,
-        challenger_interval=cand_interval,
-        champion_interval=champ_interval,
+    promoted = not check.point_in_time and (
+        active is None
+        or challenger_wins(
+            cand_ratio,
+            champ_ratio,
+            champion_due=check.breached or action is Action.RETRAIN,
+            challenger_interval=cand_interval,
+            champion_interval=champ_interval,
+        )
     )
     if active is not None and not promoted:
         reason += (
@@ -196,7 +206,7 @@ def apply_decision(
         champion_ratio=champ_ratio,
         promoted=promoted,
         train_seconds=train_seconds,
-        active_version_id=new_id if promoted else check.version_id,
+        active_version_id=new_id if promoted or check.point_in_time else check.version_id,
         candidate_rmse=candidate.val_rmse,
     )
     log.info("scope %s as of %s: %s (%s)", check.scope, as_of, action.value, reason)
@@ -212,7 +222,10 @@ def commit_outcome(conn: Connection, run_id: str | None, o: ScopeOutcome) -> Non
     winning candidate becomes active (the champion retires), a losing one is ``rejected``.
     Call it inside the transaction that publishes the run."""
     if o.new_version_id is not None:
-        if o.promoted:
+        if o.point_in_time:
+            # Trained for a past day: kept as that day's model, never the live champion.
+            registry.set_status(conn, o.new_version_id, "retired")
+        elif o.promoted:
             registry.activate(conn, o.new_version_id)
         else:
             registry.set_status(conn, o.new_version_id, "rejected")
@@ -258,6 +271,7 @@ def train(
     """
     with engine.connect() as conn:
         names = universe(conn, settings, tickers, day=through)
+        lineage = scoped_lineage(conn, settings, lineage, tickers)  # a subset: its own models
     cutoff = through or resolve_as_of(engine, dt.date.max, names)
     if cutoff is None:
         raise InputError("no prices in the database; run `forecasting ingest` first")

@@ -113,14 +113,15 @@ def finish_run(
 
 
 def completed_run(conn: Connection, as_of: dt.date, lineage: str = "live") -> RunRecord | None:
-    """The newest successful run for ``as_of`` in ``lineage``, if any."""
+    """The newest completed run (``success`` or ``partial``) for ``as_of`` in ``lineage``, if
+    any; a partial day is recomputed with ``--rerun`` once its missing prices are in."""
     row = conn.execute(
         select(pipeline_runs)
         .where(
             and_(
                 pipeline_runs.c.as_of_date == as_of,
                 pipeline_runs.c.lineage == lineage,
-                pipeline_runs.c.status == RunStatus.SUCCESS,
+                pipeline_runs.c.status.in_((RunStatus.SUCCESS, RunStatus.PARTIAL)),
             )
         )
         .order_by(pipeline_runs.c.finished_at.desc())

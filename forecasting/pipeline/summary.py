@@ -22,6 +22,7 @@ class SummaryStatus(StrEnum):
     """How a run ended, as the CLI and the flow's artifact report it."""
 
     SUCCESS = "success"
+    PARTIAL = "partial"  # published, with tickers skipped for their inputs (run_skips)
     ALREADY_COMPLETE = "already-complete"  # the day was done in this lineage; nothing written
     NO_DATA = "no-data"  # no prices to run on
     NOT_A_TRADING_DAY = "not-a-trading-day"  # no as-of day given and the exchange is closed

@@ -5,6 +5,8 @@
 -- coverage is the share of closes inside the interval; interval_score is the Winkler score of the
 -- 80% band (width plus 2/0.2 times any miss), in percent of the as_of close (lower is better). `forecasting evaluate` prints the same
 -- numbers per ticker as well. Add e.g. WHERE as_of_date >= '2018-01-01' to restrict the range.
+-- These are the live lineage's forecasts; for a backfill's, read forecast_errors_all and add
+-- WHERE lineage = 'backfill:...' (`forecasting evaluate --lineage ...` prints the same).
 -- SQLite needs its math functions for SQRT (3.35+, built into Python's sqlite3).
 SELECT horizon,
        COUNT(*) AS n,

@@ -7,7 +7,10 @@
 --   sqlite3: `.parameter set` each name, colon included, to a quoted value, then `.read` this file
 --   Python:  conn.execute(text(sql), {"ticker": "600000.SH", "as_of": date(2018, 12, 28)})
 -- (No colon-names in these comments: SQLAlchemy would take them for placeholders.)
-SELECT f.horizon,
+-- The live lineage's path; for a backfill's, read latest_forecasts_all and add
+-- AND f.lineage = 'backfill:...' to the WHERE clause.
+SELECT f.lineage,
+       f.horizon,
        f.target_date,
        f.base_close,
        f.yhat,

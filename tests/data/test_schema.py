@@ -66,3 +66,27 @@ def test_init_db_adds_the_columns_a_database_from_an_earlier_version_lacks(
         names = {c["name"] for c in inspect(conn).get_columns("model_checks")}
     assert {"triggered_by", "baseline_rmse", "model_age_days", "n_scored"} <= names
     engine.dispose()
+
+
+def test_views_from_before_lineages_are_recreated_with_the_lineage_column(
+    engine: Engine,
+) -> None:
+    """A database whose latest_forecasts and forecast_errors mixed every lineage (no
+    ``lineage`` column) gets the per-lineage views at the next start, the plain ones reading
+    the live lineage; a second start changes nothing."""
+    with engine.begin() as conn:
+        for name in reversed(schema.VIEWS):
+            conn.execute(text(f"DROP VIEW IF EXISTS {name}"))
+        conn.execute(text("CREATE VIEW latest_forecasts AS SELECT * FROM forecasts"))
+        conn.execute(
+            text(
+                "CREATE VIEW forecast_errors AS SELECT f.* FROM latest_forecasts f "
+                "JOIN prices p ON p.ticker = f.ticker AND p.trade_date = f.target_date"
+            )
+        )
+    init_db(engine)
+    init_db(engine)
+    insp = inspect(engine)
+    assert set(schema.VIEWS) <= set(insp.get_view_names())
+    for name in schema.VIEWS:
+        assert "lineage" in {c["name"] for c in insp.get_columns(name)}, name

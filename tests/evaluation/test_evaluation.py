@@ -212,7 +212,8 @@ def test_refits_in_range_are_counted_with_their_training_seconds(engine: Engine)
 
 def test_lineages_do_not_mix_and_the_view_shows_the_newest(engine: Engine) -> None:
     """A lineage is evaluated on its own forecasts; without one, the forecast_errors view
-    decides (the newest forecast per ticker, as_of and horizon, whatever its lineage)."""
+    decides, and it shows the live lineage only: a backfill's row written later for the same
+    key does not replace the live one there."""
     populate(engine)
     with engine.connect() as conn:
         bf = evaluate(conn, lineage=BACKFILL)
@@ -221,7 +222,7 @@ def test_lineages_do_not_mix_and_the_view_shows_the_newest(engine: Engine) -> No
     assert bf.overall["n"] == 1
     assert bf.overall["rmse"] == pytest.approx(0.1)
     assert view.overall["n"] == 4
-    assert view.by_ticker.set_index("ticker").loc["AAA.SH", "mae"] == pytest.approx((0.1 + 1.2) / 2)
+    assert view.by_ticker.set_index("ticker").loc["AAA.SH", "mae"] == pytest.approx((0.5 + 1.2) / 2)
     assert list(only_b.by_ticker["ticker"]) == ["BBB.SZ"]
     assert only_b.overall["n"] == 2
 

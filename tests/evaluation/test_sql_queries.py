@@ -45,15 +45,39 @@ def test_query_runs_and_returns_rows(engine: Engine, name: str) -> None:
 
 
 def test_latest_forecast_per_ticker(engine: Engine) -> None:
-    """One row per ticker: horizon 1 of its newest as_of, the newest row for that key."""
+    """One row per ticker: horizon 1 of its newest as_of, the newest live row for that key; a
+    backfill's row for the same key, written later, is not what users read by default."""
     populate(engine)
     rows = run(engine, "latest_forecast_per_ticker.sql")
-    assert [(r["ticker"], str(r["as_of_date"])) for r in rows] == [
-        ("AAA.SH", str(D0)),
-        ("BBB.SZ", str(D0)),
+    assert [(r["ticker"], str(r["as_of_date"]), r["lineage"]) for r in rows] == [
+        ("AAA.SH", str(D0), "live"),
+        ("BBB.SZ", str(D0), "live"),
     ]
-    assert rows[0]["yhat"] == pytest.approx(10.9)  # the backfill row, written last
+    assert rows[0]["yhat"] == pytest.approx(10.5)
     assert rows[1]["yhat"] == pytest.approx(19.0)
+
+
+def test_a_backfill_is_read_from_the_all_lineages_views(engine: Engine) -> None:
+    """latest_forecasts_all and forecast_errors_all hold every lineage with its name; the
+    plain views are the live lineage's."""
+    populate(engine)
+    with engine.connect() as conn:
+        bf = (
+            conn.execute(
+                text(
+                    "SELECT yhat FROM latest_forecasts_all WHERE lineage = :l AND ticker = 'AAA.SH'"
+                ),
+                {"l": BACKFILL},
+            )
+            .scalars()
+            .all()
+        )
+        lineages = set(conn.execute(text("SELECT lineage FROM latest_forecasts_all")).scalars())
+        live = set(conn.execute(text("SELECT lineage FROM forecast_errors")).scalars())
+        errors = set(conn.execute(text("SELECT lineage FROM forecast_errors_all")).scalars())
+    assert bf == [pytest.approx(10.9)]
+    assert lineages == errors == {"live", BACKFILL}
+    assert live == {"live"}
 
 
 def test_forecast_path(engine: Engine) -> None:

@@ -63,9 +63,10 @@ def test_init_ingest_prices_models(
     out = capsys.readouterr().out
     assert "600519.SH  stock  2021-01-04  2021-04-09  64" in out
     assert main(["prices", "--format", "csv"]) == 0
+    # A CSV file carries no reference data: name, board, industry and listing dates are empty.
     assert capsys.readouterr().out.splitlines()[:2] == [
-        "ticker,kind,first_date,last_date,rows",
-        "600519.SH,stock,2021-01-04,2021-04-09,64",
+        "ticker,kind,first_date,last_date,rows,name,board,industry,list_date,delist_date",
+        "600519.SH,stock,2021-01-04,2021-04-09,64,,,,,",
     ]
     assert main(["prices", "-f", "json"]) == 0
     assert json.loads(capsys.readouterr().out)[0] == {
@@ -74,6 +75,11 @@ def test_init_ingest_prices_models(
         "first_date": "2021-01-04",
         "last_date": "2021-04-09",
         "rows": 64,
+        "name": None,
+        "board": None,
+        "industry": None,
+        "list_date": None,
+        "delist_date": None,
     }
     assert main(["models", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
@@ -209,8 +215,8 @@ def test_help_loads_nothing_heavy(argv: list[str]) -> None:
             ["train"],
             {},
             1,
-            "error: no prices in the database; run `forecasting ingest` first",
-            id="train-on-an-empty-database",
+            "error: no forecasting database at sqlite:///",
+            id="train-without-a-database",
         ),
         pytest.param(
             ["prices"],
@@ -354,11 +360,22 @@ def test_global_options_anywhere_and_the_version(tmp_path: Path) -> None:
     assert _cli(tmp_path, "-v", "config").returncode == 0
 
 
-def test_read_only_commands_create_no_database(tmp_path: Path) -> None:
-    """prices, calendar, models, evaluate and report on a URL with no database behind it say
-    to create one, and leave no file behind."""
-    for command in ("prices", "calendar", "models", "evaluate", "report"):
-        done = _cli(tmp_path, command)
+def test_only_init_db_ingest_and_demo_create_a_database(tmp_path: Path) -> None:
+    """prices, calendar, models, evaluate, report, and also run, train and backfill, on a URL
+    with no database behind it say to create one, exit 1 and leave no file behind: a run on a
+    missing file would otherwise start over from nothing and report success."""
+    commands = [
+        ["prices"],
+        ["calendar"],
+        ["models"],
+        ["evaluate"],
+        ["report"],
+        ["run", "--no-prefect", "--as-of", "2019-01-04"],
+        ["train", "--full"],
+        ["backfill", "--start", "2019-01-02", "--end", "2019-01-04"],
+    ]
+    for command in commands:
+        done = _cli(tmp_path, *command)
         assert done.returncode == 1, done.stderr
         assert "run `forecasting init-db`" in done.stderr
     assert not (tmp_path / "cli.db").exists()
@@ -496,3 +513,22 @@ def test_prices_loads_no_numerics_or_prefect(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "no prices yet" in done.stdout
     assert done.stderr.strip() == "[]"
+
+
+def test_config_says_which_file_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table starts with the config file and whether it was there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FORECASTING_CONFIG", raising=False)
+    assert main(["config"]) == 0
+    assert capsys.readouterr().out.startswith(
+        "config file: forecasting.toml (not found: defaults)\n"
+    )
+    (tmp_path / "forecasting.toml").write_text('source = "csv"\n', encoding="utf-8")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("config file: forecasting.toml (read)\n")
+    assert any(
+        line.split()[:3] == ["source", "csv", "forecasting.toml"] for line in out.splitlines()
+    )

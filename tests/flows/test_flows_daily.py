@@ -13,9 +13,9 @@ import pytest
 from flow_support import AS_OF, ELIGIBLE, HORIZON, SHORT, forecast_rows, use_database
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from forecasting.data.schema import pipeline_runs, prices
+from forecasting.data.schema import model_versions, pipeline_runs, prices, run_skips
 from forecasting.pipeline.summary import RunSummary
 from forecasting_flows.common import engine_for
 from forecasting_flows.daily import daily
@@ -102,18 +102,61 @@ def test_daily_forecasts_every_eligible_ticker_then_a_rerun_writes_nothing(
     assert "already completed" in str(_artifacts(second_run_id)["daily-summary"].data)
 
 
+def test_a_failed_ingest_fails_the_run_and_a_partial_one_skips_its_tickers(
+    sqlite_url: str, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daily run reflects its ingest. When one ticker's ingest fails, the run forecasts the
+    others and is ``partial``: that ticker is skipped as ``ingest failed: ...``, in the summary
+    and in ``run_skips``, never forecast from the day before's prices. When the ingest fails
+    for every ticker, the flow run fails with the reason and nothing is forecast. No source is
+    configured: each ticker is ingested from the source it came from (csv)."""
+    folder = use_database(
+        monkeypatch, sqlite_url, shared_data, tmp_path, through=AS_OF - dt.timedelta(days=1)
+    )
+    monkeypatch.delenv("FORECASTING_SOURCE")
+    monkeypatch.setenv("FORECASTING_TICKERS", ",".join([*ELIGIBLE, SHORT]))
+    broken = ELIGIBLE[1]
+    (folder / f"{broken.lower()}.daily.csv").unlink()
+
+    summary, _ = _run(as_of=AS_OF.isoformat())
+
+    assert summary.status == "partial"
+    assert summary.skipped[broken].startswith("ingest failed: ")
+    assert broken not in summary.tickers_forecast
+    assert set(summary.tickers_forecast) == set(ELIGIBLE) - {broken}
+    with engine_for(sqlite_url).connect() as conn:
+        status = conn.execute(select(pipeline_runs.c.status)).scalar_one()
+        skips = {r.ticker: r.reason for r in conn.execute(select(run_skips))}
+    assert status == "partial"
+    assert skips[broken] == summary.skipped[broken]
+    assert broken not in {r[0] for r in forecast_rows(sqlite_url)}
+
+    only_short = tmp_path / "only-short"
+    only_short.mkdir()
+    (only_short / f"{SHORT.lower()}.daily.csv").symlink_to(
+        shared_data / "ashare_qfq_panel" / f"{SHORT.lower()}.daily.csv"
+    )
+    monkeypatch.setenv("FORECASTING_SOURCE_PATH", str(only_short))
+    monkeypatch.setenv("FORECASTING_TICKERS", ",".join(ELIGIBLE))
+    before = forecast_rows(sqlite_url)
+
+    state = daily(as_of="2019-01-07", return_state=True)  # type: ignore[call-overload]
+
+    assert state.is_failed()
+    assert "the ingest failed, so nothing was forecast" in (state.message or "")
+    assert forecast_rows(sqlite_url) == before
+
+
 def test_a_failed_task_s_own_error_is_what_the_run_records_and_shows(
     sqlite_url: str, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When the drift check fails (here: the active model's checkpoint file is gone, as when
-    a shared model folder is not mounted), the run row and the flow run's state carry that
-    error and its fix, not Prefect's "UnfinishedRun" of the refit that could not start; nothing
-    is written."""
+    """When the drift check fails (here: the active model's recorded config is not one this
+    version can read), the run row and the flow run's state carry that error, not Prefect's
+    "UnfinishedRun" of the refit that could not start; nothing is written."""
     use_database(monkeypatch, sqlite_url, shared_data, tmp_path)
-    monkeypatch.setenv("FORECASTING_CHECKPOINT_STORE", "files")
     _run(as_of=AS_OF.isoformat(), ingest=False)
-    for checkpoint in (tmp_path / "models").rglob("*.pt"):
-        checkpoint.unlink()
+    with engine_for(sqlite_url).begin() as conn:
+        conn.execute(update(model_versions).values(config='{"cell": "transformer"}'))
     before = forecast_rows(sqlite_url)
 
     state = daily(as_of=AS_OF.isoformat(), ingest=False, rerun=True, return_state=True)  # type: ignore[call-overload]
@@ -126,7 +169,28 @@ def test_a_failed_task_s_own_error_is_what_the_run_records_and_shows(
             )
         ).first()
     assert failed is not None and failed.status == "failed"
-    assert failed.error.startswith("CheckpointError: model version 1"), failed.error
     assert "UnfinishedRun" not in failed.error
-    assert "CheckpointError" in (state.message or "") or "checkpoint" in (state.message or "")
+    kind = failed.error.split(":")[0]
+    assert kind in (state.message or ""), (failed.error, state.message)
     assert forecast_rows(sqlite_url) == before
+
+
+def test_a_missing_checkpoint_is_retired_and_the_run_retrains(
+    sqlite_url: str, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The active model's checkpoint file is gone (a shared model folder not mounted): the
+    next run retires that version with the reason and retrains from scratch, instead of
+    failing every day until someone edits the database."""
+    use_database(monkeypatch, sqlite_url, shared_data, tmp_path)
+    monkeypatch.setenv("FORECASTING_CHECKPOINT_STORE", "files")
+    _run(as_of=AS_OF.isoformat(), ingest=False)
+    for checkpoint in (tmp_path / "models").rglob("*.pt"):
+        checkpoint.unlink()
+
+    summary, _ = _run(as_of=AS_OF.isoformat(), ingest=False, rerun=True)
+
+    assert summary.status == "success" and summary.decision == "retrain"
+    with engine_for(sqlite_url).connect() as conn:
+        first = conn.execute(select(model_versions).where(model_versions.c.id == 1)).one()
+    assert first.status == "retired"
+    assert "cannot be read" in first.retired_reason

@@ -13,7 +13,13 @@ from sqlalchemy.engine import Engine
 
 from forecasting.data.calendar import TradingCalendar
 from forecasting.data.ingest import ingest
-from forecasting.data.schema import forecast_staging, forecasts, model_checks, pipeline_runs
+from forecasting.data.schema import (
+    forecast_staging,
+    forecasts,
+    model_checks,
+    pipeline_runs,
+    run_skips,
+)
 from forecasting.data.sources import make_source
 from forecasting.model import registry
 from forecasting.model.registry import active_version
@@ -124,18 +130,25 @@ def test_end_to_end_writes_every_eligible_ticker_once(
 def test_skips_stale_and_short_tickers_with_reasons(
     sqlite_engine: Engine, sqlite_url: str, shared_data: Path
 ) -> None:
-    """A ticker with too little history or stale prices is skipped with a reason; the batch
-    still succeeds."""
+    """A ticker whose newest price is older than the as-of day is never forecast from those
+    prices: it is skipped as ``stale since D`` and the run is ``partial``, in the summary and
+    in the database (``pipeline_runs.status``, a ``run_skips`` row). A ticker with too little
+    history is skipped with its reason too, which alone would not make the run partial."""
     load_panel(sqlite_engine, shared_data, end=dt.date(2016, 6, 30), tickers=TICKERS[:3])
     load_panel(sqlite_engine, shared_data, end=dt.date(2016, 4, 1), tickers=["000408.SZ"])
     s = small_settings(sqlite_url, min_history=300)
     summary = run_pipeline(sqlite_engine, s, today=TRADING_DAY)
-    assert summary.status == "success"
-    assert "stale" in summary.skipped["000408.SZ"]
-    assert "2016-04-01" in summary.skipped["000408.SZ"]
+    assert summary.status == "partial"
+    assert summary.skipped["000408.SZ"] == "stale since 2016-04-01"
     assert set(summary.tickers_forecast) == set(TICKERS[:3])
     assert "# Daily forecast run" in summary.markdown()
     assert "000408.SZ" in summary.markdown()
+    with sqlite_engine.connect() as conn:
+        status = conn.execute(select(pipeline_runs.c.status)).scalar_one()
+        skips = {r.ticker: r.reason for r in conn.execute(select(run_skips))}
+    assert status == "partial"
+    assert skips == summary.skipped
+    assert run_pipeline(sqlite_engine, s, today=TRADING_DAY).status == "already-complete"
 
 
 def _write_regime_break(src: Path, dst: Path, after: dt.date, factor: float) -> None:
