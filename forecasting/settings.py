@@ -171,6 +171,9 @@ class PolicySettings:
     max_age_days: Count = 180
     min_history: Count = 80  # trading days a ticker needs to be forecast
     stale_days: Count = 10  # calendar days without a price before a ticker is skipped
+    # A `running` run of another lineage with no heartbeat for this long is marked `abandoned`
+    # by the next run (a run of the same lineage is, at once: it holds the lineage's lock).
+    abandon_after_s: Annotated[float, Gt(0.0)] = 600.0
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from forecasting_flows.common import (
     FlowDate,
     SettingsTaskRunner,
     engine_for,
+    existing_engine,
     flush_run_logs,
     parse_date,
     settings,
@@ -86,7 +87,7 @@ def backfill(
         raise InputError(f"backfill needs start and end dates, got {start!r} and {end!r}")
     names = list(tickers) if tickers else None
     cfg = RunConfig.of(s)  # what the tasks get: no token
-    with engine_for(cfg.database_url).connect() as conn:
+    with existing_engine(cfg.database_url).connect() as conn:
         lineage = scoped_lineage(
             conn, cfg, bf.lineage_for(first, last, retrain_every=retrain_every), names
         )

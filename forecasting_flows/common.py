@@ -19,7 +19,7 @@ from pydantic import BeforeValidator, WithJsonSchema
 from sqlalchemy.engine import Engine
 
 from forecasting import clock
-from forecasting.data.db import init_db, make_engine
+from forecasting.data.db import init_db, make_engine, open_existing
 from forecasting.settings import Secret, Settings, SettingsError, load_settings
 
 #: The Prefect Secret block that holds the tushare token when ``TUSHARE_TOKEN`` is unset on the
@@ -60,6 +60,19 @@ class _Engines:
 
 engine_for = _Engines()
 atexit.register(engine_for.cache_clear)
+
+
+def existing_engine(url: str) -> Engine:
+    """:func:`engine_for` on a database that must already exist: a daily run or a backfill never
+    creates one (a SQLite file that went missing would otherwise be recreated empty, and the
+    run would re-ingest all history and retrain from scratch as if nothing had happened).
+
+    Raises:
+        DatabaseError: naming the database and saying to run ``forecasting init-db`` or an
+            ingest first.
+    """
+    open_existing(url).dispose()
+    return engine_for(url)
 
 
 def settings() -> Settings:

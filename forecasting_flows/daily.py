@@ -37,6 +37,7 @@ from forecasting_flows.common import (
     FlowDate,
     SettingsTaskRunner,
     engine_for,
+    existing_engine,
     flush_run_logs,
     settings,
 )
@@ -202,7 +203,7 @@ def daily(
     if universe:
         s = s.with_overrides(universe=universe)
     cfg = RunConfig.of(s)  # what the tasks get: no token
-    engine = engine_for(s.database_url)
+    engine = existing_engine(s.database_url)
     today = as_of or _today()
     if as_of is None:
         closed = pipeline.closed_day(engine, cfg, today, LINEAGE)
@@ -234,6 +235,7 @@ def daily(
             redo=rerun or force_retrain,
             flow_run_id=flow_run.id,
             scopes=list(scopes),
+            abandon_after=dt.timedelta(seconds=cfg.policy.abandon_after_s),
         )
         if isinstance(opened, RunSummary):
             return _finish(opened)

@@ -242,9 +242,11 @@ def open_run(
     redo: bool = False,
     flow_run_id: str | None = None,
     scopes: Sequence[str] = (),
+    abandon_after: dt.timedelta = runs.STALE_AFTER,
 ) -> RunSummary | str:
     """Start a run for ``as_of`` and return its id — or, when that day is already complete in
     this lineage and ``redo`` is not set, the summary saying so (a rerun writes nothing).
+    Runs of other lineages without a heartbeat for ``abandon_after`` are marked abandoned.
     Call it under the lineage's lock (:func:`lineage_lock`)."""
     if not redo:
         with engine.connect() as conn:
@@ -264,7 +266,7 @@ def open_run(
     # left over from a process that died before publishing or failing: the lineage lock this
     # run holds means no other run of the lineage is in flight.
     with engine.begin() as conn:
-        runs.mark_abandoned(conn, lineage)
+        runs.mark_abandoned(conn, lineage, stale_after=abandon_after)
         registry.discard_candidates(conn, scopes)
     return runs.start_run(engine, as_of, kind=kind, lineage=lineage, flow_run_id=flow_run_id)
 
@@ -348,6 +350,7 @@ def run_pipeline(
             redo=rerun or force_retrain,
             flow_run_id=flow_run_id,
             scopes=list(scopes),
+            abandon_after=dt.timedelta(seconds=settings.policy.abandon_after_s),
         )
         if isinstance(opened, RunSummary):
             return opened

@@ -194,3 +194,30 @@ def test_a_missing_checkpoint_is_retired_and_the_run_retrains(
         first = conn.execute(select(model_versions).where(model_versions.c.id == 1)).one()
     assert first.status == "retired"
     assert "cannot be read" in first.retired_reason
+
+
+def test_a_daily_run_and_a_backfill_never_create_a_missing_database(
+    sqlite_url: str, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduled run on a SQLite file that went missing fails in one line saying to run
+    ``forecasting init-db`` or an ingest; it recreates nothing (it would otherwise re-ingest
+    all history and retrain from scratch as if nothing had happened)."""
+    from flow_support import UNSET, flow_env, price_folder
+
+    from forecasting_flows.backfill import backfill
+
+    for key in UNSET:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in flow_env(sqlite_url, price_folder(shared_data, tmp_path), tmp_path).items():
+        monkeypatch.setenv(key, value)
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    assert not path.exists()
+
+    for state in (
+        daily(as_of=AS_OF.isoformat(), return_state=True),  # type: ignore[call-overload]
+        backfill(start=AS_OF, end=AS_OF, return_state=True),  # type: ignore[call-overload]
+    ):
+        assert state.is_failed()
+        assert "no forecasting database at" in (state.message or ""), state.message
+        assert "forecasting init-db" in (state.message or "")
+    assert not path.exists()

@@ -386,3 +386,45 @@ def test_target_dates_prefer_the_database_calendar() -> None:
     cal = TradingCalendar.from_rows(rows)
     got = target_dates(cal, dt.date(2026, 12, 30), 2)
     assert got == [(dt.date(2026, 12, 31), "database"), (dt.date(2027, 1, 4), "database")]
+
+
+def test_a_silent_run_of_another_lineage_is_abandoned_after_the_configured_time(
+    sqlite_engine: Engine,
+) -> None:
+    """A ``running`` run of another lineage is left alone while its heartbeat is younger than
+    ``policy.abandon_after_s``, and marked abandoned by the next run once it is older."""
+    from sqlalchemy import update
+
+    from forecasting.pipeline.runs import utcnow
+
+    day = dt.date(2019, 1, 4)
+    quiet = open_run(sqlite_engine, day, lineage="backfill:2019-01-04:2019-01-04", kind="daily")
+    assert isinstance(quiet, str)
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            update(pipeline_runs)
+            .where(pipeline_runs.c.run_id == quiet)
+            .values(heartbeat_at=utcnow() - dt.timedelta(minutes=5))
+        )
+
+    def status() -> str:
+        with sqlite_engine.connect() as conn:
+            return str(
+                conn.execute(
+                    select(pipeline_runs.c.status).where(pipeline_runs.c.run_id == quiet)
+                ).scalar_one()
+            )
+
+    open_run(
+        sqlite_engine, day, lineage="live", kind="daily", abandon_after=dt.timedelta(minutes=10)
+    )
+    assert status() == "running"
+    open_run(
+        sqlite_engine,
+        day,
+        lineage="live",
+        kind="daily",
+        redo=True,
+        abandon_after=dt.timedelta(seconds=PolicySettings(abandon_after_s=240).abandon_after_s),
+    )
+    assert status() == "abandoned"
