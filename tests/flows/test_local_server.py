@@ -68,6 +68,18 @@ def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def _init_db(env: dict[str, str], cwd: Path) -> None:
+    """An empty forecasting database (no prices), made the way a user makes one."""
+    subprocess.run(
+        [sys.executable, "-m", "forecasting_flows.cli", "init-db"],
+        env=env,
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
 def _alive(p: psutil.Process) -> bool:
     try:
         return p.status() != psutil.STATUS_ZOMBIE
@@ -111,9 +123,10 @@ def _wait_for_server(cli: subprocess.Popen[bytes]) -> psutil.Process:
 def test_a_cli_that_exits_stops_its_server(
     cli_env: dict[str, str], prefect_home: Path, tmp_path: Path, spawned: list[psutil.Process]
 ) -> None:
-    """`forecasting run` on an empty database runs its flow, reports that there is nothing to
+    """`forecasting run` on a database without prices runs its flow, reports that there is nothing to
     forecast and exits; the server it started is stopped by then, and said nothing on stdout."""
     # An explicit as-of day: with none, on a weekend `run` has nothing to do and starts no flow.
+    _init_db(cli_env, tmp_path)
     cli = _cli("run", "--no-ingest", "--as-of", "2019-01-04", env=cli_env, cwd=tmp_path)
     spawned.append(psutil.Process(cli.pid))
     servers = {_wait_for_server(cli)}
@@ -166,6 +179,7 @@ def test_a_server_that_cannot_start_is_one_line_and_exit_1(
     exist), the command says so in one line, with the fix, and exits 1: no client traceback."""
     missing = tmp_path / "no-such-folder" / "prefect.db"
     env = {**cli_env, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{missing}"}
+    _init_db(cli_env, tmp_path)
     cli = _cli("run", "--no-ingest", "--as-of", "2019-01-04", env=env, cwd=tmp_path)
     spawned.append(psutil.Process(cli.pid))
     cli.wait(timeout=STARTUP_TIMEOUT_S)
