@@ -88,8 +88,8 @@ class _MarketStub:
     requests: list[dict[str, Any]]
     _lock: threading.Lock
 
-    def bars(self, ticker: str) -> list[dict[str, Any]]:
-        raise NotImplementedError
+    # Provided by TushareStub, the class this one is mixed into: one ticker's bars.
+    bars: Callable[[str], list[dict[str, Any]]]
 
     @property
     def market(self) -> StubMarket:
