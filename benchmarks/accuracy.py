@@ -49,7 +49,13 @@ if __package__ in (None, ""):  # run as a script (`python benchmarks/accuracy.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.baselines import empirical_forecasts, garch_forecasts  # noqa: E402
-from benchmarks.common import INDEX_TICKERS, choose_panel_tickers, load_indices  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    INDEX_TICKERS,
+    choose_panel_tickers,
+    data_dir,
+    load_indices,
+    panel_path,
+)
 from benchmarks.tutorial_lstm import (  # noqa: E402
     TutorialConfig,
     fit_tutorial,
@@ -109,7 +115,7 @@ class AccuracyResult:
     runs: list[GroupRun] = field(default_factory=list)
 
 
-def _dates(s: pd.Series) -> np.ndarray:
+def _dates(s: pd.Series | pd.DataFrame) -> np.ndarray:
     return np.asarray(pd.to_datetime(pd.Index(s.index)).values, dtype="datetime64[D]")
 
 
@@ -163,7 +169,7 @@ def window_groups(
     return groups
 
 
-def _origins(s: pd.Series, test_after: dt.date) -> np.ndarray:
+def _origins(s: pd.Series | pd.DataFrame, test_after: dt.date) -> np.ndarray:
     """Origin positions of one series: its days after ``test_after`` but the last one (which
     has no target). ``[T]``"""
     after = int(np.searchsorted(_dates(s), np.datetime64(test_after, "D"), side="right"))
@@ -172,7 +178,7 @@ def _origins(s: pd.Series, test_after: dt.date) -> np.ndarray:
 
 def project_forecasts(
     model: TrainedModel,
-    series: Mapping[str, pd.Series],
+    series: Mapping[str, pd.Series | pd.DataFrame],
     test_after: dt.date,
     *,
     chunk: int = PREDICT_CHUNK,
@@ -186,7 +192,7 @@ def project_forecasts(
     """
     L, H = model.config.input_len, model.config.horizon
     keys: list[tuple[str, int, str]] = []  # (ticker, row in its origin array, key)
-    cut: dict[str, pd.Series] = {}
+    cut: dict[str, pd.Series | pd.DataFrame] = {}
     alias: dict[str, dict[str, float]] = {}
     out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for tk, s in series.items():
@@ -402,9 +408,13 @@ def run_accuracy(
     gap_days: int = 31,
     progress: bool | None = False,
     garch: bool = True,
+    bars: Mapping[str, pd.DataFrame] | None = None,
 ) -> AccuracyResult:
     """Fit one global model per test group, forecast every origin, score against persistence
-    and the tutorial recipe. ``series``: closes per ticker, indexed by trade date, ascending."""
+    and the tutorial recipe. ``series``: closes per ticker, indexed by trade date, ascending;
+    ``bars``: the same days' whole bars (``close``, ``high``, ``low``, ``vol``), which the
+    model reads instead when given (the baselines and the tutorial read closes)."""
+    inputs: Mapping[str, pd.Series | pd.DataFrame] = bars if bars is not None else series
     if max(horizons) > config.horizon:
         raise ValueError(
             f"horizons {tuple(horizons)} reach past the model's horizon={config.horizon}; "
@@ -421,10 +431,12 @@ def run_accuracy(
         t0 = time.perf_counter()
         if group.through not in models:
             # Every series contributes its history up to the cutoff; fit() drops the rest.
-            models[group.through] = fit(series, config, group.through, progress=progress)
+            models[group.through] = fit(inputs, config, group.through, progress=progress)
         model = models[group.through]
         t1 = time.perf_counter()
-        model_fc = project_forecasts(model, members, group.test_after)
+        model_fc = project_forecasts(
+            model, {tk: inputs[tk] for tk in group.tickers}, group.test_after
+        )
         t2 = time.perf_counter()
         tut_fc = tutorial_forecasts(
             members, group.through, group.test_after, train_len, max(horizons), tut_cfg
@@ -437,6 +449,22 @@ def run_accuracy(
             series, group, model_fc, tut_fc, horizons, base, interval=config.interval
         )
     return AccuracyResult(pd.DataFrame(rows, columns=COLUMNS), runs)
+
+
+def load_bars(ticker: str) -> pd.DataFrame:
+    """Whole bars (``close``, ``high``, ``low``, ``vol``) of one index or panel ticker from
+    the shared data, indexed by trade date, ascending (the closes' loaders' files)."""
+    if ticker in INDEX_TICKERS:
+        df = pd.read_csv(data_dir() / "indices" / f"{ticker}.csv", dtype={"trade_date": str})
+        fmt = "%Y-%m-%d"
+    else:
+        df = pd.read_csv(panel_path(ticker), index_col=0, dtype={"trade_date": str})
+        fmt = "%Y%m%d"
+    df.index = pd.DatetimeIndex(pd.to_datetime(df["trade_date"].astype(str), format=fmt))
+    df = df[~df.index.duplicated(keep="last")].sort_index()
+    out: pd.DataFrame = df[["close", "high", "low", "vol"]].apply(pd.to_numeric, errors="coerce")
+    out.index.name = "trade_date"
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -584,6 +612,12 @@ def format_runs(runs: Sequence[GroupRun]) -> str:
             f"val coverage {_f(float(m.calibration.get('val_coverage', math.nan)))}, "
             f"shrink h1/h5/h10 "
             + "/".join(_f(float(shrink[h - 1]), 2) for h in HORIZONS if h <= len(shrink))
+            + (
+                ", band's head weight h1/h5/h10 "
+                + "/".join(_f(float(vw[h - 1]), 2) for h in HORIZONS if h <= len(vw))
+                if (vw := m.calibration.get("vol_weight"))
+                else ""
+            )
             + f"; fit {r.fit_seconds:.0f}s, predict {r.predict_seconds:.1f}s, "
             f"tutorial {r.tutorial_seconds:.1f}s, baselines {r.baseline_seconds:.1f}s"
         )
@@ -676,6 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     series: dict[str, pd.Series] = {} if args.no_indices else load_indices()
     series.update(choose_panel_tickers(limit))
+    bars = {tk: load_bars(tk).reindex(s.index) for tk, s in series.items()}
     print(
         f"accuracy benchmark: {len(series)} series ({sum(t in INDEX_TICKERS for t in series)} "
         f"indices, {limit} panel stocks), last {test_days} trading days each, horizons "
@@ -691,6 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         common=args.split == "common",
         gap_days=args.group_gap,
         garch=not args.no_garch,
+        bars=bars,
     )
     print(format_runs(result.runs))
     print()

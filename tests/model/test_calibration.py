@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from forecasting.model.calibration import SHRINK_MAX, gap_widening, shrink_factors
+from forecasting.model.calibration import SHRINK_MAX, gap_widening, series_gates, shrink_factors
 from forecasting.model.inference import predict
 from forecasting.model.lstm import ModelConfig
 from forecasting.model.training import fit
@@ -112,3 +112,15 @@ def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_v
     assert 0.75 <= coverage[0] <= 0.85, coverage
     assert np.all((coverage >= 0.72) & (coverage <= 0.88)), coverage
     assert np.corrcoef(width, true_sd)[0, 1] > 0.3
+
+
+def test_a_series_whose_validation_the_signal_did_not_help_gets_persistence() -> None:
+    """Series 0's outcomes follow the prediction, series 1's go the other way: the pooled
+    shrink is kept for series 0 and gated to 0 (persistence) for series 1, per horizon."""
+    rng = np.random.default_rng(2)
+    n, h = 400, 2
+    series = np.repeat([0, 1], n // 2)
+    d = rng.normal(size=(n, h))
+    e = np.where(series[:, None] == 0, d, -0.5 * d) + 0.5 * rng.normal(size=(n, h))
+    gates = series_gates(d, e, np.full(h, 0.5), series)
+    np.testing.assert_array_equal(gates, [[1.0, 1.0], [0.0, 0.0]])
