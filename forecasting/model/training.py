@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from forecasting.data.price_limits import board_of
 from forecasting.errors import InputError
 from forecasting.model.calibration import (
     GATE_KEY,
@@ -293,6 +294,7 @@ def fit(
         train=train_calib,
         vol=vol,
         series=series_of,
+        classes=[board_of(tk) for tk in panel.tickers],
     )
     if vol is not None:
         calibration.update(har)
