@@ -143,7 +143,8 @@ def by_date_source(
         len(days),
         f"{days[0]}..{days[-1]}" if days else "none needed",
     )
-    parts: dict[str, list[pd.DataFrame]] = {}
+    parts: list[pd.DataFrame] = []
+    wanted = {n.ticker for n in served}
     errors: dict[dt.date, str] = {}
     # The market was seen through the last day before the first day that had no rows at all
     # (not yet published, or failed): a ticker absent until then had no bar.
@@ -158,9 +159,8 @@ def by_date_source(
         if frame.empty:
             break
         seen = day
-        for ticker, bars in split_by_ticker(frame, {n.ticker for n in served}).items():
-            parts.setdefault(ticker, []).append(bars)
-    fetched = {t: pd.concat(p, ignore_index=True) for t, p in parts.items()}
+        parts.append(frame[frame["ticker"].isin(wanted)])
+    fetched = pd.concat(parts, ignore_index=True) if parts else empty_bars()
     covered = {n.ticker: plans[n.ticker] for n in served}
     # Served tickers are checked through the days seen (one needing no day: through its need);
     # the rest through the days seen too, once their own call has answered for their range.
@@ -206,7 +206,7 @@ class DayBatchSource:
     def __init__(
         self,
         source: PriceSource,
-        bars: Mapping[str, pd.DataFrame],
+        bars: pd.DataFrame,
         covered: Mapping[str, Ranges],
         errors: Mapping[dt.date, str],
         calendar: TradingCalendar,
@@ -214,7 +214,8 @@ class DayBatchSource:
     ) -> None:
         self.name = source.name
         self._source = source
-        self._bars = bars
+        self.bars = bars.sort_values(["ticker", "trade_date"], kind="stable", ignore_index=True)
+        self._by_ticker: dict[str, pd.DataFrame] | None = None
         self._covered = covered
         self._errors = errors
         self._calendar = calendar
@@ -226,6 +227,11 @@ class DayBatchSource:
     def covers(self, ticker: str) -> bool:
         """Whether ``ticker``'s increment is served from the whole-market days."""
         return ticker in self._covered
+
+    def failed(self, start: dt.date, end: dt.date) -> str | None:
+        """The error of the first day in ``start..end`` whose fetch failed; None if none did."""
+        failed = [d for d in self._calendar.trading_days(start, end) if d in self._errors]
+        return self._errors[failed[0]] if failed else None
 
     def security(self, ticker: str) -> Security:
         """The source's, with the day the market was checked through for the ticker (stored
@@ -242,10 +248,12 @@ class DayBatchSource:
         ranges = self._covered.get(ticker, ())
         if not any(a <= start and end <= b for a, b in ranges):
             return self._source.fetch_bars(ticker, start, end)
-        failed = [d for d in self._calendar.trading_days(start, end) if d in self._errors]
+        failed = self.failed(start, end) if self._errors else None
         if failed:
-            raise SourceError(f"{ticker}: {self._errors[failed[0]]}")
-        bars = self._bars.get(ticker)
+            raise SourceError(f"{ticker}: {failed}")
+        if self._by_ticker is None:
+            self._by_ticker = split_by_ticker(self.bars, self._covered)
+        bars = self._by_ticker.get(ticker)
         if bars is None:
             return empty_bars()  # no bar on those days: suspended, or not yet traded
         days = bars["trade_date"]

@@ -220,6 +220,88 @@ def validate_bars(
     return clean, rejections
 
 
+def screen_day(
+    bars: pd.DataFrame,
+    *,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    calendar: TradingCalendar,
+    today: dt.date,
+    max_move: float,
+    st: np.ndarray,
+    stored: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """Which rows of many tickers' bars certainly pass :func:`validate_bars`, in one pass.
+
+    ``bars`` holds ``BAR_COLUMNS`` for many tickers (a day's increment), ``lo``/``hi`` [N] are
+    the range asked for each row's ticker (``datetime64[D]``), ``st`` [N] whether its ticker
+    was ST that day. ``stored`` is ``(tickers, days, close, adj_factor)`` [M] of the stored
+    bars of those tickers on the batch's days and each one's last bar before them.
+
+    True means the row passes every check of :func:`validate_bars` for its ticker; the screen
+    is conservative: whatever it cannot settle cheaply (a parse problem, a duplicate, any bad
+    value, a move beyond the bound whether or not a listing exempts it) is False, and a
+    ticker with a False row is left to :func:`validate_bars`, which says why.
+    """
+    n = len(bars)
+    ok = np.ones(n, dtype=bool)
+    if n == 0:
+        return ok
+    if any(bars[c].dtype != "float64" for c in VALUE_COLUMNS):
+        return np.zeros(n, dtype=bool)  # the per-ticker path coerces and explains
+    if PROBLEM_COLUMN in bars.columns:
+        ok &= bars[PROBLEM_COLUMN].isna().to_numpy()
+    dates = bars["trade_date"].tolist()
+    dated = np.fromiter((type(d) is dt.date for d in dates), dtype=bool, count=n)
+    ok &= dated
+    if not dated.all():
+        dates = [d if isinstance(d, dt.date) else dt.date.min for d in dates]
+    ok &= ~bars.duplicated(subset=["ticker", "trade_date"], keep=False).to_numpy()
+
+    def flag(mask: np.ndarray, make: Any) -> None:
+        ok[mask] = False
+
+    _check_values(bars, None, flag)
+    day = as_days(dates)  # [N]
+    ok &= (day <= np.datetime64(today, "D")) & (day >= lo) & (day <= hi)
+    ok &= ~calendar.known_closed_mask(dates)
+
+    # The move against the previous accepted close: the stored bars with the batch's rows in
+    # their place, per ticker, as validate_bars builds it (rows already failed stay out).
+    s_ticker, s_day, s_close, s_factor = stored
+    names = bars["ticker"].to_numpy(dtype=object)
+    codes, _ = pd.factorize(np.concatenate([names, s_ticker]))  # [N + M]
+    key = codes.astype("int64") * (1 << 21) + (
+        np.concatenate([day, s_day]).astype("int64") + (1 << 20)
+    )
+    mine, theirs = key[:n], key[n:]
+    kept = ~np.isin(theirs, mine)  # stored rows the batch does not replace
+    rows = np.concatenate([np.flatnonzero(ok), np.full(int(kept.sum()), -1)])
+    take = rows >= 0
+    code = np.concatenate([codes[:n][ok], codes[n:][kept]])
+    when = np.concatenate([day[ok], s_day[kept]])
+    close = np.concatenate([bars["close"].to_numpy()[ok], s_close[kept]])
+    factor = np.concatenate([bars["adj_factor"].to_numpy()[ok], s_factor[kept]])
+    limit = np.full(len(rows), np.nan)
+    limit[take] = [
+        _limit_of(t, d, bool(x))
+        for t, d, x in zip(names[ok], np.asarray(dates, dtype=object)[ok], st[ok], strict=True)
+    ]
+    order = np.lexsort((when, code))  # [S] per ticker, oldest first
+    if len(order) < 2:
+        return ok
+    over = moves_beyond(close[order], factor[order], when[order], limit[order], max_move)
+    one_ticker = code[order][1:] == code[order][:-1]  # [S-1]
+    follows = rows[order][1:]
+    ok[follows[over & one_ticker & (follows >= 0)]] = False
+    return ok
+
+
+def _limit_of(ticker: str, day: dt.date, st: bool) -> float:
+    limit = daily_limit(ticker, day, st=st)
+    return np.nan if limit is None else limit
+
+
 def _check_values(frame: pd.DataFrame, problems: pd.Series | None, flag: Any) -> None:
     """Finite, positive prices, non-negative volume and amount, open/close within low..high."""
     values = {c: frame[c].to_numpy() for c in VALUE_COLUMNS}  # each [N] float64
@@ -286,30 +368,10 @@ def _implausible(
 
     day = as_days(days)  # [S] datetime64[D]
     ordinal = day.astype("int64")  # [S] day numbers
-    # Steps between two bars: the bars between them, or the weekdays if more. A holiday is
-    # not a session, but data that folds a holiday's news into one bar (or a source that
-    # skips days) must not make the bars after it look impossible; a unit error still does.
-    weekdays = np.busday_count(day[:-1], day[1:])  # [S-1]
     limit = _limits(ticker, days, checks)  # [S] the exchange limit, NaN where none
-    # Fast path: every move within one bar's bound of its predecessor.
-    # A move is explained when either the raw close or the split-free close (close times
-    # adj_factor, where both days have one) stays within the bound.
     level = np.where(np.isfinite(factor), close * factor, close)  # [S]
-    both = np.isfinite(factor[1:]) & np.isfinite(factor[:-1])
-    raw = close[1:] / close[:-1]  # [S-1]
-    adjusted = np.where(both, level[1:] / level[:-1], raw)  # [S-1]
-    up, down = _bounds(limit[1:], ordinal[1:] - ordinal[:-1], checks.max_move)  # [S-1] each
-    slack = (LIMIT_ABS_TOL + LIMIT_REL_TOL * close[:-1]) / close[:-1]  # [S-1] as a fraction
-
-    steps = np.maximum(weekdays, 1)  # [S-1]
-
-    def beyond(ratio: np.ndarray) -> np.ndarray:
-        out: np.ndarray = (ratio > (1 + up) ** steps + slack) | (
-            ratio < (1 - down) ** steps - slack
-        )
-        return out
-
-    over = beyond(raw) & beyond(adjusted)
+    # Fast path: every move within one bar's bound of its predecessor.
+    over = moves_beyond(close, factor, day, limit, checks.max_move)  # [S-1]
     suspect = over & (rows[1:] >= 0) & ~exempt[1:]
     if not suspect.any():
         return {}
@@ -344,6 +406,38 @@ def _implausible(
             "implausible (a unit or data error?)"
         )
     return out
+
+
+def moves_beyond(
+    close: np.ndarray, factor: np.ndarray, day: np.ndarray, limit: np.ndarray, max_move: float
+) -> np.ndarray:
+    """Whether each bar's close [S] moved beyond one bar's bound from the bar before it [S-1].
+
+    ``day`` [S] is ``datetime64[D]``, ``limit`` [S] the exchange limit of each bar's day (NaN
+    where none). A move is explained when either the raw close or the split-free close (close
+    times adj_factor, where both days have one) stays within the bound. The steps between two
+    bars are the weekdays between them (at least 1): a holiday is not a session, but data that
+    folds a holiday's news into one bar (or a source that skips days) must not make the bars
+    after it look impossible; a unit error still does.
+    """
+    ordinal = day.astype("int64")  # [S] day numbers
+    weekdays = np.busday_count(day[:-1], day[1:])  # [S-1]
+    level = np.where(np.isfinite(factor), close * factor, close)  # [S]
+    both = np.isfinite(factor[1:]) & np.isfinite(factor[:-1])
+    raw = close[1:] / close[:-1]  # [S-1]
+    adjusted = np.where(both, level[1:] / level[:-1], raw)  # [S-1]
+    up, down = _bounds(limit[1:], ordinal[1:] - ordinal[:-1], max_move)  # [S-1] each
+    slack = (LIMIT_ABS_TOL + LIMIT_REL_TOL * close[:-1]) / close[:-1]  # [S-1] as a fraction
+    steps = np.maximum(weekdays, 1)  # [S-1]
+
+    def beyond(ratio: np.ndarray) -> np.ndarray:
+        out: np.ndarray = (ratio > (1 + up) ** steps + slack) | (
+            ratio < (1 - down) ** steps - slack
+        )
+        return out
+
+    over: np.ndarray = beyond(raw) & beyond(adjusted)
+    return over
 
 
 def _limits(ticker: str, days: list[dt.date], checks: Checks) -> np.ndarray:
