@@ -407,6 +407,7 @@ def _create_views(conn: Connection) -> None:
 def ddl(dialect_name: str) -> str:
     """The full DDL script for ``sqlite`` or ``postgresql``, generated from :data:`metadata`."""
     from sqlalchemy.dialects import postgresql, sqlite  # see PARTIAL_INDEXES: slow to import
+
     dialects: dict[str, Dialect] = {
         "sqlite": sqlite.dialect(),
         "postgresql": postgresql.dialect(),  # type: ignore[no-untyped-call]  # untyped upstream
