@@ -74,8 +74,10 @@ class Checks:
             it divided by that, is implausible.
         listed: the listing date, when known: the first trading days after it are exempt
             from the price limit. Unknown, the first bars of the ticker's history are.
-        st: apply the 5% ST limit on the main boards (only when the name is known for the
-            dates checked; a current ST name says nothing about last year).
+        st: apply the 5% ST limit on the main boards on every day checked.
+        st_spans: the spans ``(start, end)`` (end None: still) in which the ticker's name
+            was ST or *ST (tushare's ``namechange``): the 5% limit applies on those days. A
+            current ST name says nothing about last year, so the name alone is not used.
     """
 
     ranges: Sequence[tuple[dt.date, dt.date]] | None = None
@@ -83,6 +85,7 @@ class Checks:
     max_move: float = 1.0
     listed: dt.date | None = None
     st: bool = False
+    st_spans: Sequence[tuple[dt.date, dt.date | None]] = ()
 
 
 @dataclass(frozen=True)
@@ -158,9 +161,15 @@ def validate_bars(
     # A row under another ticker is that ticker's business: it neither collapses into nor
     # conflicts with the asked ticker's row for the same date.
     key_cols = ["ticker", "trade_date", *VALUE_COLUMNS] if other.any() else key_values
-    exact_dup = frame.duplicated(subset=key_cols, keep="first").to_numpy()
-    distinct = frame.loc[~exact_dup & ~no_date & ~other, "trade_date"]
-    versions: dict[Any, int] = distinct.value_counts().to_dict()
+    day = as_days(dates)  # [N] datetime64[D], NaT where none
+    dated = np.sort(day[~no_date])
+    if not (dated[1:] == dated[:-1]).any():  # no date twice (the usual case): no copies
+        exact_dup = np.zeros(len(frame), dtype=bool)
+        versions: dict[Any, int] = {}
+    else:
+        exact_dup = frame.duplicated(subset=key_cols, keep="first").to_numpy()
+        distinct = frame.loc[~exact_dup & ~no_date & ~other, "trade_date"]
+        versions = distinct.value_counts().to_dict()
     conflict_dates = {d for d, n in versions.items() if n > 1}
     conflict = (
         np.array([d in conflict_dates for d in dates], dtype=bool) & ~other
@@ -176,7 +185,6 @@ def validate_bars(
 
     has_date = ~no_date
     if has_date.any():
-        day = as_days(dates)  # [N] datetime64[D], NaT where none
         if checks.today is not None:
             today = checks.today
             flag(
@@ -202,7 +210,7 @@ def validate_bars(
     # The move is judged last, on the rows that passed everything else, against the stored
     # history they continue (a bad row must not become another row's previous close).
     good = np.flatnonzero(~bad & ~exact_dup)
-    for i, why in _implausible(frame, good, ticker, checks, stored or Stored()).items():
+    for i, why in _implausible(frame, good, day, ticker, checks, stored or Stored()).items():
         reasons.setdefault(i, []).append(why)
         bad[i] = True
 
@@ -215,7 +223,9 @@ def validate_bars(
         )
         for i in np.flatnonzero(bad & ~exact_dup).tolist()
     ]
-    clean = frame[~bad & ~exact_dup].sort_values("trade_date", ignore_index=True)
+    keep = np.flatnonzero(~bad & ~exact_dup)
+    # Oldest first: the kept dates are distinct (copies collapsed, conflicts rejected).
+    clean = frame.iloc[keep[np.argsort(day[keep], kind="stable")]].reset_index(drop=True)
     clean["ticker"] = ticker
     return clean, rejections
 
@@ -335,7 +345,12 @@ def _check_values(frame: pd.DataFrame, problems: pd.Series | None, flag: Any) ->
 
 
 def _implausible(
-    frame: pd.DataFrame, good: np.ndarray, ticker: str, checks: Checks, stored: Stored
+    frame: pd.DataFrame,
+    good: np.ndarray,
+    day: np.ndarray,
+    ticker: str,
+    checks: Checks,
+    stored: Stored,
 ) -> dict[int, str]:
     """Rows of ``frame`` (among ``good``) whose close cannot follow the previous accepted close.
 
@@ -346,29 +361,29 @@ def _implausible(
     """
     if len(good) == 0:
         return {}
-    mine = pd.DataFrame(
-        {
-            "trade_date": frame["trade_date"].to_numpy()[good],
-            "close": frame["close"].to_numpy()[good],
-            "adj_factor": frame["adj_factor"].to_numpy()[good],
-            "row": good,
-        }
-    )
-    theirs = stored.bars.loc[~stored.bars["trade_date"].isin(set(mine["trade_date"]))]
-    series = pd.concat(
-        [theirs.assign(row=-1), mine] if len(theirs) else [mine], ignore_index=True
-    ).sort_values("trade_date", kind="stable", ignore_index=True)
-    close = series["close"].to_numpy(dtype="float64")  # [S]
-    factor = series["adj_factor"].to_numpy(dtype="float64")  # [S]
-    rows = series["row"].to_numpy()  # [S], -1 for stored
-    days = series["trade_date"].tolist()
+    mine_day = day[good]  # [G] datetime64[D]
+    s_day = as_days(stored.bars["trade_date"].tolist())  # [T]
+    theirs = ~np.isin(s_day, mine_day)  # stored bars the batch does not replace
+    # Stored first, then the batch, sorted stably by day: as validate_bars has always done.
+    all_day = np.concatenate([s_day[theirs], mine_day])
+    order = np.argsort(all_day, kind="stable")
+    day = all_day[order]  # [S]
+    close = np.concatenate(
+        [stored.bars["close"].to_numpy(dtype="float64")[theirs], frame["close"].to_numpy()[good]]
+    )[order]  # [S]
+    factor = np.concatenate(
+        [
+            stored.bars["adj_factor"].to_numpy(dtype="float64")[theirs],
+            frame["adj_factor"].to_numpy()[good],
+        ]
+    )[order]  # [S]
+    rows = np.concatenate([np.full(int(theirs.sum()), -1), good])[order]  # [S], -1 for stored
     # Bar number since the start of the known history (1 = first): listing days are exempt.
-    number = stored.n_before + np.arange(1, len(series) + 1)  # [S]
-    exempt = _listing_exempt(days, number, checks.listed)
+    number = stored.n_before + np.arange(1, len(day) + 1)  # [S]
+    exempt = _listing_exempt(day, number, checks.listed)
 
-    day = as_days(days)  # [S] datetime64[D]
     ordinal = day.astype("int64")  # [S] day numbers
-    limit = _limits(ticker, days, checks)  # [S] the exchange limit, NaN where none
+    limit = _limits(ticker, day, checks)  # [S] the exchange limit, NaN where none
     level = np.where(np.isfinite(factor), close * factor, close)  # [S]
     # Fast path: every move within one bar's bound of its predecessor.
     over = moves_beyond(close, factor, day, limit, checks.max_move)  # [S-1]
@@ -378,7 +393,7 @@ def _implausible(
     first = int(np.flatnonzero(suspect)[0]) + 1  # series index of the first suspect bar
     out: dict[int, str] = {}
     last = first - 1  # the last accepted bar: everything before the first suspect is
-    for j in range(first, len(series)):
+    for j in range(first, len(day)):
         if rows[j] < 0 or exempt[j]:
             last = j
             continue
@@ -402,7 +417,7 @@ def _implausible(
         )
         out[int(rows[j])] = (
             f"close {close[j]:g} moved {r - 1:+.1%}{explained} from {close[last]:g} on "
-            f"{days[last]}, beyond {bound} over {k} day{'s' if k > 1 else ''}: "
+            f"{day[last].astype(dt.date)}, beyond {bound} over {k} day{'s' if k > 1 else ''}: "
             "implausible (a unit or data error?)"
         )
     return out
@@ -440,19 +455,33 @@ def moves_beyond(
     return over
 
 
-def _limits(ticker: str, days: list[dt.date], checks: Checks) -> np.ndarray:
-    """The exchange's daily limit per day as a fraction [S]; NaN where it sets none."""
+def _limits(ticker: str, day: np.ndarray, checks: Checks) -> np.ndarray:
+    """The exchange's daily limit per day [S] (``day`` [S] datetime64[D]) as a fraction; NaN
+    where it sets none."""
 
-    def of(day: dt.date) -> float:
-        limit = daily_limit(ticker, day, st=checks.st)
+    def of(d: np.datetime64, st: bool) -> float:
+        limit = daily_limit(ticker, d.astype(dt.date), st=st)
         return np.nan if limit is None else limit
 
-    if not days:
+    if not len(day):
         return np.empty(0)
-    first, last = of(days[0]), of(days[-1])
-    if first == last or (np.isnan(first) and np.isnan(last)):  # rules change on few dates
-        return np.full(len(days), first)
-    return np.array([of(d) for d in days])
+    st = st_mask(day, checks)  # [S]
+    if st.all() or not st.any():  # rules change on few dates
+        first, last = of(day[0], bool(st[0])), of(day[-1], bool(st[0]))
+        if first == last or (np.isnan(first) and np.isnan(last)):
+            return np.full(len(day), first)
+    return np.array([of(d, bool(x)) for d, x in zip(day, st, strict=True)])
+
+
+def st_mask(day: np.ndarray, checks: Checks) -> np.ndarray:
+    """Whether the ticker was ST (or *ST) on each of ``day`` [S]: from ``checks.st_spans``
+    (its names in time, from tushare's ``namechange``), or on every day with ``checks.st``."""
+    out = np.full(len(day), checks.st, dtype=bool)
+    for a, b in checks.st_spans:
+        out |= (day >= np.datetime64(a, "D")) & (
+            True if b is None else day <= np.datetime64(b, "D")
+        )
+    return out
 
 
 def _bounds(
@@ -477,22 +506,26 @@ def as_days(dates: Sequence[dt.date | None]) -> np.ndarray:
     """``datetime.date`` values as ``datetime64[D]`` [N], NaT for None (numpy's own conversion
     of date objects is ~20x slower than counting ordinals)."""
     nat = np.iinfo(np.int64).min
-    ordinals = np.fromiter(
-        (nat if d is None else d.toordinal() - _EPOCH_ORDINAL for d in dates),
-        dtype=np.int64,
-        count=len(dates),
-    )
+    try:  # no None (the usual case): the C method over the list, no Python frame per date
+        ordinals = np.fromiter(map(dt.date.toordinal, dates), dtype=np.int64, count=len(dates))  # type: ignore[arg-type]
+        ordinals -= _EPOCH_ORDINAL
+    except TypeError:
+        ordinals = np.fromiter(
+            (nat if d is None else d.toordinal() - _EPOCH_ORDINAL for d in dates),
+            dtype=np.int64,
+            count=len(dates),
+        )
     return ordinals.view("datetime64[D]")
 
 
-def _listing_exempt(days: list[dt.date], number: np.ndarray, listed: dt.date | None) -> np.ndarray:
+def _listing_exempt(day: np.ndarray, number: np.ndarray, listed: dt.date | None) -> np.ndarray:
     """The first trading days after listing: known from ``listed`` (within a week of the
-    history's start), else taken to be the first bars of the history."""
+    history's start), else taken to be the first bars of the history. ``day`` [S]."""
     first = number <= NO_LIMIT_DAYS
-    if listed is None or not days:
+    if listed is None or not len(day):
         return first
-    starts_at_listing = days[0] - listed <= dt.timedelta(days=7) and number[0] == 1
-    return first if starts_at_listing else np.zeros(len(days), dtype=bool)
+    starts_at_listing = day[0].astype(dt.date) - listed <= dt.timedelta(days=7) and number[0] == 1
+    return first if starts_at_listing else np.zeros(len(day), dtype=bool)
 
 
 def _texts(bars: pd.DataFrame, column: str) -> pd.Series | None:
