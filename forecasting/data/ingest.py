@@ -471,13 +471,14 @@ def _run(
     if calendar is None:
         calendar = TradingCalendar.load(engine, exchange, cal_start, plan.end + CALENDAR_AHEAD)
     # A whole-market source: reference data, and the increment by trade date when cheaper. It
-    # is planned on the increments alone; a ticker it serves is not re-read (the re-read
-    # would cost the per-ticker calls the by-date path saves).
+    # is planned on the increments; the re-read days are fetched by date too, for every
+    # ticker it serves (two calls a day re-read, not two per ticker).
     increments = plans if whole or not plan.reread_days else _plans(names, stored, plan, 0)
-    by_date = by_date_source(engine, source, increments, calendar)
-    covers = getattr(by_date, "covers", None)
-    if by_date is not source and callable(covers):
-        plans = {t: increments[t] if covers(t) else r for t, r in plans.items()}
+    by_date = by_date_source(
+        engine, source, increments, calendar, reread_days=0 if whole else plan.reread_days
+    )
+    if isinstance(by_date, DayBatchSource):
+        plans = {t: by_date.ranges(t) if by_date.covers(t) else r for t, r in plans.items()}
     source = by_date
 
     ingested_at = _now()

@@ -296,6 +296,8 @@ def test_the_whole_day_path_writes_what_the_per_ticker_path_writes(
     }
     stub.revise[("000001.SZ", "20190826")] = {"vol": -5.0}
     stub.revise[("300750.SZ", "20190828")] = {"open": None}
+    y = next(b["close"] for b in stub.bars("688001.SH") if b["trade_date"] == "20190823")
+    stub.revise[("688001.SH", "20190823")] = {"close": y + 0.05, "high": y + 0.3}  # re-read
     caplog.set_level(logging.INFO, logger="forecasting.data.ingest")
     reports = [
         ingest(
@@ -306,12 +308,13 @@ def test_the_whole_day_path_writes_what_the_per_ticker_path_writes(
             history_start=dt.date(2019, 1, 1),
             progress=False,
             whole_day=whole_day,
+            reread_days=1,
         )
         for engine, whole_day in ((fast, True), (slow, False))
     ]
     assert [r.status for r in reports] == ["success", "success"]
     assert reports[0].rejected == 2 and reports[0].inserted > 0
-    assert "3 tickers landed by trade date in one write (6 rows); 2 left" in caplog.text
+    assert "3 tickers landed by trade date in one write (8 rows); 2 left" in caplog.text
     assert [t.line() for t in reports[0].tickers.values()] == [
         t.line() for t in reports[1].tickers.values()
     ]
@@ -320,3 +323,40 @@ def test_the_whole_day_path_writes_what_the_per_ticker_path_writes(
     reasons = [row[3] for row in state["rejected"]]
     assert "000001.SZ on 2019-08-26: rejected because volume is -5, below 0" in reasons[0]
     assert "600000.SH on 2019-08-27" in reasons[1] and "implausible" in reasons[1]
+    assert [(r[0], r[2], r[3]) for r in state["revisions"]] == [
+        ("688001.SH", "close", y),
+        ("688001.SH", "high", round(y + 0.2, 2)),
+    ]
+
+
+def test_a_day_re_read_costs_two_calls_for_the_whole_market(
+    stub: TushareStub, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """reread_days re-reads the trading days of its window by date as well: one daily and one
+    adj_factor call per day re-read, counted by the server, and a vendor's correction of a
+    re-read day is applied and recorded."""
+    engine = _engine(tmp_path_factory, "reread")
+    _ingest(engine, stub, HISTORY_END)
+    _ingest(engine, stub, dt.date(2019, 8, 26))  # the suspended ticker's own call, this once
+    x = next(b["close"] for b in stub.bars("600000.SH") if b["trade_date"] == "20190826")
+    stub.revise[("600000.SH", "20190826")] = {"close": x + 0.05, "high": x + 0.3}
+    before = stub.call_counts()
+    report = ingest(
+        engine,
+        market_source(stub),
+        tickers=list(TICKERS),
+        end=dt.date(2019, 8, 27),
+        progress=False,
+        reread_days=1,
+    )
+    during = stub.call_counts() - before
+    assert report.status == "success", report.summary()
+    assert during == {"trade_cal": 1, "stock_basic": 3, "daily": 2, "adj_factor": 2}
+    by_date = [
+        r["params"]["trade_date"] for r in stub.calls("daily") if "trade_date" in r["params"]
+    ]
+    assert by_date[-2:] == ["20190826", "20190827"]
+    assert report.updated == 1 and report.tickers["600000.SH"].revised == 2
+    with engine.connect() as conn:
+        rows = conn.execute(select(revisions.c.column_name, revisions.c.new_value)).all()
+    assert sorted(rows) == [("close", x + 0.05), ("high", x + 0.3)]
