@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting.data.calendar import TradingCalendar
-from forecasting.data.listings import Listing, load_listings, store_listings
+from forecasting.data.listings import Listing, load_listings, store_listings, store_name_changes
 from forecasting.data.prices import stored_spans
 from forecasting.data.schema import securities
 from forecasting.data.sources.base import PriceSource, Security, SourceError, empty_bars
@@ -209,6 +209,16 @@ def _refresh_listings(engine: Engine, source: MarketSource) -> dict[str, Listing
             return load_listings(conn)
     with engine.begin() as conn:
         inserted, updated = store_listings(conn, listings.values())
+    changes = getattr(source, "name_changes", None)
+    if callable(changes):
+        try:
+            spans = changes()
+        except SourceError as exc:
+            log.error("ingest: names in time (ST spans) not refreshed: %s", exc)
+        else:
+            with engine.begin() as conn:
+                n = store_name_changes(conn, spans)
+            log.info("ingest: %d names in time (namechange) stored", n)
     log.info(
         "ingest: reference data of %d securities: %d new, %d changed",
         len(listings),

@@ -52,6 +52,7 @@ from forecasting.clock import real_clock, trading_today
 from forecasting.data.calendar import DEFAULT_EXCHANGE, TradingCalendar
 from forecasting.data.increment import DayBatchSource, by_date_source
 from forecasting.data.interrupts import Interrupted, Interrupts
+from forecasting.data.listings import st_spans
 from forecasting.data.prices import (
     StoredDay,
     read_stored,
@@ -70,7 +71,14 @@ from forecasting.data.sources.base import (
     empty_bars,
 )
 from forecasting.data.trade_cal import load_trade_cal
-from forecasting.data.validation import Checks, Rejection, as_days, screen_day, validate_bars
+from forecasting.data.validation import (
+    Checks,
+    Rejection,
+    as_days,
+    screen_day,
+    st_mask,
+    validate_bars,
+)
 from forecasting.errors import InputError
 from forecasting.settings import IngestSettings
 
@@ -583,6 +591,11 @@ def _land_whole_day(
         if len(bars):
             stored = read_stored_day(conn, sorted(got), first, last)
             b_names = bars["ticker"].to_numpy(dtype=object)
+            st = np.zeros(len(bars), dtype=bool)  # [N] the ticker was ST that day
+            day_of = _days(bars)
+            for ticker, st_of in st_spans(conn, sorted(got)).items():
+                mine = b_names == ticker
+                st[mine] = st_mask(day_of[mine], Checks(st_spans=st_of))
             ok = screen_day(
                 bars,
                 lo=as_days([lo_of[t] for t in b_names]),
@@ -590,7 +603,7 @@ def _land_whole_day(
                 calendar=calendar,
                 today=plan.today,
                 max_move=plan.max_move,
-                st=np.zeros(len(bars), dtype=bool),
+                st=st,
                 stored=(
                     stored.tickers,
                     stored.days,
@@ -713,6 +726,7 @@ def _ingest_ticker(
             today=plan.today,
             max_move=plan.max_move,
             listed=listed,
+            st_spans=st_spans(conn, [tr.ticker]).get(tr.ticker, ()),
         )
         days = days[~np.isnat(days)]
         stored = (

@@ -64,6 +64,17 @@ index_members = Table(
     Column("ticker", String(32), primary_key=True),
 )
 
+# A stock's names in time (tushare namechange): an ST or *ST name over a span means the 5%
+# daily limit applied then, which today's name cannot tell.
+name_changes = Table(
+    "name_changes",
+    metadata,
+    Column("ticker", String(32), primary_key=True),
+    Column("start_date", Date, primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("end_date", Date),  # NULL: the name is still in use
+)
+
 prices = Table(
     "prices",
     metadata,

@@ -137,7 +137,7 @@ def test_a_day_for_the_whole_market_costs_two_calls(
 ) -> None:
     """The call budget, counted by the server: one trading day for every ticker, the suspended
     and the delisted one included, is one daily and one adj_factor call, plus the calendar and
-    the reference data (three list statuses)."""
+    the reference data (three list statuses, and the names in time)."""
     engine = _engine(tmp_path_factory, "budget")
     _ingest(engine, stub, HISTORY_END)
     _ingest(engine, stub, dt.date(2019, 8, 26))  # the suspended ticker's own call, this once
@@ -145,7 +145,13 @@ def test_a_day_for_the_whole_market_costs_two_calls(
         before = stub.call_counts()
         _ingest(engine, stub, dt.date(2019, 8, day))
         during = stub.call_counts() - before
-        assert during == {"trade_cal": 1, "stock_basic": 3, "daily": 1, "adj_factor": 1}
+        assert during == {
+            "trade_cal": 1,
+            "stock_basic": 3,
+            "namechange": 1,
+            "daily": 1,
+            "adj_factor": 1,
+        }
 
 
 def test_a_day_longer_than_one_reply_is_paged_with_offset(
@@ -351,7 +357,13 @@ def test_a_day_re_read_costs_two_calls_for_the_whole_market(
     )
     during = stub.call_counts() - before
     assert report.status == "success", report.summary()
-    assert during == {"trade_cal": 1, "stock_basic": 3, "daily": 2, "adj_factor": 2}
+    assert during == {
+        "trade_cal": 1,
+        "stock_basic": 3,
+        "namechange": 1,
+        "daily": 2,
+        "adj_factor": 2,
+    }
     by_date = [
         r["params"]["trade_date"] for r in stub.calls("daily") if "trade_date" in r["params"]
     ]
@@ -360,3 +372,40 @@ def test_a_day_re_read_costs_two_calls_for_the_whole_market(
     with engine.connect() as conn:
         rows = conn.execute(select(revisions.c.column_name, revisions.c.new_value)).all()
     assert sorted(rows) == [("close", x + 0.05), ("high", x + 0.3)]
+
+
+def _jump(stub: TushareStub, ticker: str, day: str, by: float) -> None:
+    """Make ``ticker`` close ``by`` (a fraction) above its previous close on ``day``."""
+    bars = stub.bars(ticker)
+    i = next(k for k, b in enumerate(bars) if b["trade_date"] == day)
+    close = round(bars[i - 1]["close"] * (1 + by), 2)
+    stub.revise[(ticker, day)] = {"open": close, "high": close + 0.1, "low": close - 0.1}
+    stub.revise[(ticker, day)]["close"] = close
+
+
+def test_the_st_limit_applies_on_the_days_the_name_was_st(
+    stub: TushareStub, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """namechange says when a stock was ST: a +7% day inside an ST span is beyond the 5% limit
+    and rejected, by ts_code and by trade_date alike; the same move outside one stands."""
+    stub.market.name_changes = [
+        ("600000.SH", "浦发银行", dt.date(2019, 1, 1), dt.date(2019, 6, 2)),
+        ("600000.SH", "ST浦发", dt.date(2019, 6, 3), dt.date(2019, 6, 28)),
+        ("600000.SH", "浦发银行", dt.date(2019, 6, 29), dt.date(2019, 8, 25)),
+        ("600000.SH", "*ST浦发", dt.date(2019, 8, 26), None),
+    ]
+    for day in ("20190612", "20190717", "20190827"):
+        _jump(stub, "600000.SH", day, 0.07)
+    engine = _engine(tmp_path_factory, "st")
+    _ingest(engine, stub, HISTORY_END)
+    _ingest(engine, stub, INCREMENT_END)
+    with engine.connect() as conn:
+        rejected = conn.execute(select(rejected_rows.c.trade_date, rejected_rows.c.reason)).all()
+        stored = {r[0] for r in conn.execute(select(prices.c.trade_date))}
+    assert [d for d, _ in rejected] == [dt.date(2019, 6, 12), dt.date(2019, 8, 27)]
+    assert all("beyond the 5% daily limit of 600000.SH" in why for _, why in rejected)
+    assert dt.date(2019, 7, 17) in stored
+    by_date = [
+        r["params"]["trade_date"] for r in stub.calls("daily") if "trade_date" in r["params"]
+    ]
+    assert "20190827" in by_date  # the ST day came by trade date
