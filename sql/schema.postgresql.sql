@@ -50,6 +50,14 @@ CREATE TABLE model_versions (
 
 CREATE UNIQUE INDEX uq_model_versions_active_scope ON model_versions (scope) WHERE status = 'active';
 
+CREATE TABLE name_changes (
+	ticker VARCHAR(32) NOT NULL, 
+	start_date DATE NOT NULL, 
+	name VARCHAR(128) NOT NULL, 
+	end_date DATE, 
+	PRIMARY KEY (ticker, start_date, name)
+);
+
 CREATE TABLE prices (
 	ticker VARCHAR(32) NOT NULL, 
 	trade_date DATE NOT NULL, 

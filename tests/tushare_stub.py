@@ -2,7 +2,7 @@
 
 ``tushare.pro.client.DataApi`` POSTs ``{api_name, token, params, fields}`` as JSON to
 ``{url}/{api_name}`` and expects ``{code, msg, data: {fields, items}}``. This stub answers
-``daily``, ``index_daily``, ``adj_factor`` and ``trade_cal`` from deterministic data, newest
+``daily``, ``index_daily``, ``adj_factor``, ``trade_cal`` (and the market calls: ``stock_basic``, ``index_weight``, ``namechange``) from deterministic data, newest
 first, capped at ``row_limit`` rows per call like the real service; it can be told to answer the
 next calls with the rate-limit message or an HTTP error, rejects any token but its own, and
 records every request it received.
@@ -48,7 +48,7 @@ def _closed(day: dt.date) -> bool:
 # -- the whole market: reference data, index members, one call per trading day -----------------
 
 #: Calls answered from the market handlers below rather than per ticker.
-MARKET_APIS = frozenset({"stock_basic", "index_weight"})
+MARKET_APIS = frozenset({"stock_basic", "index_weight", "namechange"})
 #: Calls that, given ``trade_date``, answer for every stock of that day.
 BY_DATE_APIS = frozenset({"daily", "adj_factor"})
 
@@ -76,6 +76,8 @@ class StubMarket:
     index_weights: dict[str, dict[dt.date, list[str]]] = field(default_factory=dict)
     day_rows: Callable[[dt.date], list[dict[str, Any]]] | None = None
     day_row_limit: int = 6000
+    #: ``namechange`` rows: ``(ticker, name, start, end)``, end None while in use.
+    name_changes: list[tuple[str, str, dt.date, dt.date | None]] = field(default_factory=list)
 
 
 class _MarketStub:
@@ -146,6 +148,21 @@ class _MarketStub:
                 for s in sorted(self.market.listings.values(), key=lambda s: s.ticker)
                 if self._status(s) == wanted
             ]
+        if api_name == "namechange":
+            rows = [
+                {
+                    "ts_code": t,
+                    "name": name,
+                    "start_date": _ymd(start),
+                    "end_date": _ymd(end),
+                    "ann_date": _ymd(start),
+                    "change_reason": "ST" if "ST" in name else "撤销ST",
+                }
+                for t, name, start, end in self.market.name_changes
+                if not params.get("ts_code") or params["ts_code"] == t
+            ]
+            offset = int(params.get("offset") or 0)
+            return rows[offset : offset + self.market.day_row_limit]
         if api_name == "index_weight":
             code = str(params.get("index_code") or "")
             start = str(params.get("start_date") or params.get("trade_date") or "00000000")

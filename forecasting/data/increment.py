@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting.data.calendar import TradingCalendar
-from forecasting.data.listings import Listing, load_listings, store_listings
+from forecasting.data.listings import Listing, load_listings, store_listings, store_name_changes
 from forecasting.data.prices import stored_spans
 from forecasting.data.schema import securities
 from forecasting.data.sources.base import PriceSource, Security, SourceError, empty_bars
@@ -68,14 +68,14 @@ class Need:
 
 
 def choose_by_date(
-    needs: Sequence[Need], trading_days: Sequence[dt.date]
+    needs: Sequence[Need], trading_days: Sequence[dt.date], reread: Sequence[dt.date] = ()
 ) -> tuple[list[Need], list[dt.date]]:
     """The tickers to serve by date, and the days to fetch for them.
 
     Those needing the fewest days come first, and as many are taken as make the fewest calls:
-    two per day fetched, against two per ticker left to the per-ticker path. When no choice
-    beats the per-ticker path, nothing is served by date. ``trading_days`` must cover every
-    need, oldest first.
+    two per day fetched (the ``reread`` days included, fetched again for every ticker served),
+    against two per ticker left to the per-ticker path. When no choice beats the per-ticker
+    path, nothing is served by date. ``trading_days`` must cover every need, oldest first.
     """
 
     def first_day(need: Need) -> dt.date:  # its first trading day; none: after all of them
@@ -87,12 +87,16 @@ def choose_by_date(
     ordered = sorted(needs, key=first_day, reverse=True)
     best_k, best_cost = 0, 2 * len(ordered)
     for k, need in enumerate(ordered, start=1):
-        n_days = len(trading_days) - bisect.bisect_left(trading_days, first_day(need))
+        first = first_day(need)
+        n_days = len(trading_days) - bisect.bisect_left(trading_days, first)
+        n_days += sum(1 for d in reread if d < first)
         cost = 2 * n_days + 2 * (len(ordered) - k)
         if cost < best_cost:
             best_k, best_cost = k, cost
     served = ordered[:best_k]
     days = [d for d in trading_days if any(n.start <= d <= n.end for n in served)]
+    if served and reread:
+        days = sorted({*days, *reread})
     return served, days
 
 
@@ -101,6 +105,7 @@ def by_date_source(
     source: PriceSource,
     plans: Mapping[str, Ranges],
     calendar: TradingCalendar,
+    reread_days: int = 0,
 ) -> PriceSource:
     """``source``, or — for a :class:`MarketSource` whose plan is cheaper by date — a source
     that serves the increments of ``plans`` from whole-market days fetched once.
@@ -112,6 +117,10 @@ def by_date_source(
     stop before its delist date. The tickers needing the fewest days are served by date as long
     as that saves calls; the rest keep the per-ticker path. A day whose fetch fails fails the
     tickers that needed it, with its error.
+
+    ``reread_days`` (calendar days, as on the per-ticker path) re-reads the trading days of
+    that window up to the newest day already seen, for every ticker served (vendors revise
+    recent bars): two more calls per trading day re-read.
     """
     if not isinstance(source, MarketSource):
         return source
@@ -134,7 +143,13 @@ def by_date_source(
     if not needs:
         return source
     span = calendar.trading_days(min(n.start for n in needs), max(n.end for n in needs))
-    served, days = choose_by_date(needs, span)
+    seen_last = max(n.start for n in needs) - dt.timedelta(days=1)
+    reread = (
+        calendar.trading_days(seen_last + dt.timedelta(days=1 - reread_days), seen_last)
+        if reread_days > 0
+        else []
+    )
+    served, days = choose_by_date(needs, span, reread)
     if not served:
         return source
     log.info(
@@ -143,7 +158,8 @@ def by_date_source(
         len(days),
         f"{days[0]}..{days[-1]}" if days else "none needed",
     )
-    parts: dict[str, list[pd.DataFrame]] = {}
+    parts: list[pd.DataFrame] = []
+    wanted = {n.ticker for n in served}
     errors: dict[dt.date, str] = {}
     # The market was seen through the last day before the first day that had no rows at all
     # (not yet published, or failed): a ticker absent until then had no bar.
@@ -158,10 +174,13 @@ def by_date_source(
         if frame.empty:
             break
         seen = day
-        for ticker, bars in split_by_ticker(frame, {n.ticker for n in served}).items():
-            parts.setdefault(ticker, []).append(bars)
-    fetched = {t: pd.concat(p, ignore_index=True) for t, p in parts.items()}
-    covered = {n.ticker: plans[n.ticker] for n in served}
+        parts.append(frame[frame["ticker"].isin(wanted)])
+    fetched = pd.concat(parts, ignore_index=True) if parts else empty_bars()
+    covered: dict[str, Ranges] = {n.ticker: plans[n.ticker] for n in served}
+    if reread:
+        for n in served:  # the re-read days, within the stored history
+            start = max(stored[n.ticker][0], min(reread[0], n.start))
+            covered[n.ticker] = [(start, max(b for _, b in plans[n.ticker]))]
     # Served tickers are checked through the days seen (one needing no day: through its need);
     # the rest through the days seen too, once their own call has answered for their range.
     checked = {n.ticker: n.end for n in served if not days}
@@ -190,6 +209,16 @@ def _refresh_listings(engine: Engine, source: MarketSource) -> dict[str, Listing
             return load_listings(conn)
     with engine.begin() as conn:
         inserted, updated = store_listings(conn, listings.values())
+    changes = getattr(source, "name_changes", None)
+    if callable(changes):
+        try:
+            spans = changes()
+        except SourceError as exc:
+            log.error("ingest: names in time (ST spans) not refreshed: %s", exc)
+        else:
+            with engine.begin() as conn:
+                n = store_name_changes(conn, spans)
+            log.info("ingest: %d names in time (namechange) stored", n)
     log.info(
         "ingest: reference data of %d securities: %d new, %d changed",
         len(listings),
@@ -206,7 +235,7 @@ class DayBatchSource:
     def __init__(
         self,
         source: PriceSource,
-        bars: Mapping[str, pd.DataFrame],
+        bars: pd.DataFrame,
         covered: Mapping[str, Ranges],
         errors: Mapping[dt.date, str],
         calendar: TradingCalendar,
@@ -214,7 +243,8 @@ class DayBatchSource:
     ) -> None:
         self.name = source.name
         self._source = source
-        self._bars = bars
+        self.bars = bars.sort_values(["ticker", "trade_date"], kind="stable", ignore_index=True)
+        self._by_ticker: dict[str, pd.DataFrame] | None = None
         self._covered = covered
         self._errors = errors
         self._calendar = calendar
@@ -226,6 +256,15 @@ class DayBatchSource:
     def covers(self, ticker: str) -> bool:
         """Whether ``ticker``'s increment is served from the whole-market days."""
         return ticker in self._covered
+
+    def ranges(self, ticker: str) -> list[tuple[dt.date, dt.date]]:
+        """The ranges served for ``ticker`` from the whole-market days (re-read days included)."""
+        return list(self._covered.get(ticker, ()))
+
+    def failed(self, start: dt.date, end: dt.date) -> str | None:
+        """The error of the first day in ``start..end`` whose fetch failed; None if none did."""
+        failed = [d for d in self._calendar.trading_days(start, end) if d in self._errors]
+        return self._errors[failed[0]] if failed else None
 
     def security(self, ticker: str) -> Security:
         """The source's, with the day the market was checked through for the ticker (stored
@@ -242,10 +281,12 @@ class DayBatchSource:
         ranges = self._covered.get(ticker, ())
         if not any(a <= start and end <= b for a, b in ranges):
             return self._source.fetch_bars(ticker, start, end)
-        failed = [d for d in self._calendar.trading_days(start, end) if d in self._errors]
+        failed = self.failed(start, end) if self._errors else None
         if failed:
-            raise SourceError(f"{ticker}: {self._errors[failed[0]]}")
-        bars = self._bars.get(ticker)
+            raise SourceError(f"{ticker}: {failed}")
+        if self._by_ticker is None:
+            self._by_ticker = split_by_ticker(self.bars, self._covered)
+        bars = self._by_ticker.get(ticker)
         if bars is None:
             return empty_bars()  # no bar on those days: suspended, or not yet traded
         days = bars["trade_date"]

@@ -13,12 +13,54 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from forecasting.data.price_limits import Board
+from forecasting.data.price_limits import Board, is_st
 from forecasting.data.price_limits import board_of as code_board
-from forecasting.data.schema import securities
+from forecasting.data.schema import name_changes, securities
+
+#: One name of a stock over a span: ``(ticker, name, start_date, end_date)``, end None: still.
+NameSpan = tuple[str, str, dt.date, dt.date | None]
+
+
+def store_name_changes(conn: Connection, spans: Iterable[NameSpan]) -> int:
+    """Replace the stored names in time of every ticker in ``spans`` with ``spans``."""
+    rows = {(t, s, n): e for t, n, s, e in spans}
+    tickers = sorted({t for t, _, _ in rows})
+    for i in range(0, len(tickers), 2000):
+        chunk = tickers[i : i + 2000]
+        conn.execute(delete(name_changes).where(name_changes.c.ticker.in_(chunk)))
+    if rows:
+        conn.execute(
+            insert(name_changes),
+            [
+                {"ticker": t, "start_date": s, "name": n, "end_date": e}
+                for (t, s, n), e in rows.items()
+            ],
+        )
+    return len(rows)
+
+
+def st_spans(
+    conn: Connection, tickers: Sequence[str]
+) -> dict[str, list[tuple[dt.date, dt.date | None]]]:
+    """The spans in which each of ``tickers`` carried an ST or *ST name (tickers without one
+    are absent)."""
+    c = name_changes.c
+    out: dict[str, list[tuple[dt.date, dt.date | None]]] = {}
+    names = sorted(set(tickers))
+    for i in range(0, len(names), 2000):
+        rows = conn.execute(
+            select(c.ticker, c.name, c.start_date, c.end_date)
+            .where(c.ticker.in_(names[i : i + 2000]))
+            .order_by(c.ticker, c.start_date)
+        )
+        for ticker, name, start, end in rows:
+            if is_st(name):
+                out.setdefault(ticker, []).append((start, end))
+    return out
+
 
 # tushare's ``market`` field of stock_basic, as the boards of forecasting.data.price_limits
 # (whose limits differ by board); CDR depositary receipts trade on the main board.

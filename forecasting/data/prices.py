@@ -25,7 +25,7 @@ from forecasting.data.inventory import price_summary as price_summary
 from forecasting.data.price_limits import NO_LIMIT_DAYS
 from forecasting.data.schema import prices, revisions
 from forecasting.data.sources.base import VALUE_COLUMNS
-from forecasting.data.validation import Stored
+from forecasting.data.validation import Stored, as_days
 
 
 def load_closes(
@@ -219,34 +219,154 @@ def upsert_prices(
     one; values within :data:`RTOL` of what is stored count as unchanged and are not written
     at all; every other change is applied and recorded in ``revisions`` (column, old value,
     new value, ``run_id``). ``stored`` (from :func:`read_stored`) saves reading them again.
-    The caller owns the transaction.
+    The caller owns the transaction. :func:`upsert_day` is the same for many tickers at once.
     """
     if clean.empty:
         return Upserted(0, 0, 0, 0)
-    lo, hi = clean["trade_date"].iloc[0], clean["trade_date"].iloc[-1]
     if stored is None:
+        lo, hi = clean["trade_date"].iloc[0], clean["trade_date"].iloc[-1]
         stored = read_stored(conn, ticker, lo, hi)
+    day = StoredDay(
+        np.full(len(stored.dates), ticker, dtype=object), as_days(stored.dates), stored.values
+    )
+    rows = clean.assign(ticker=ticker) if "ticker" not in clean.columns else clean
+    done = upsert_day(conn, rows, stored=day, source=source, ingested_at=ingested_at, run_id=run_id)
+    return done.get(ticker, Upserted(0, 0, 0, 0))
+
+
+class StoredDay(NamedTuple):
+    """Stored bars of many tickers: ``tickers`` [M] (object), ``days`` [M] (datetime64[D]),
+    ``values`` [M, len(VALUE_COLUMNS)] float64 with NULL as NaN; one row per (ticker, day)."""
+
+    tickers: np.ndarray
+    days: np.ndarray
+    values: np.ndarray
+
+
+#: IN lists are sent this many tickers at a time (far below SQLite's 32,766 parameters).
+_IN_CHUNK = 2000
+#: Stored bars this many calendar days before a day's batch are read with it: they hold the
+#: previous close of every ticker but those suspended longer, which a second query finds.
+_LOOKBACK = dt.timedelta(days=31)
+
+
+def read_stored_day(
+    conn: Connection, tickers: Sequence[str], lo: dt.date, hi: dt.date
+) -> StoredDay:
+    """The stored bars of ``tickers`` in ``lo..hi``, and each one's last bar before ``lo`` (the
+    previous close that the plausibility check compares the first new bar with): one query per
+    2,000 tickers, and one more for those whose last bar lies more than a month back."""
+    c = prices.c
+    sqlite = conn.dialect.name == "sqlite"
+    # SQLite stores dates as ISO text: parsed in one numpy call (see load_closes).
+    date_col = type_coerce(c.trade_date, String) if sqlite else c.trade_date
+    cols = (c.ticker, date_col, *(c[k] for k in VALUE_COLUMNS))
+    names = sorted(set(tickers))
+    rows: list[Any] = []
+    for i in range(0, len(names), _IN_CHUNK):
+        chunk = names[i : i + _IN_CHUNK]
+        rows.extend(
+            conn.execute(
+                select(*cols).where(
+                    and_(c.ticker.in_(chunk), c.trade_date >= lo - _LOOKBACK, c.trade_date <= hi)
+                )
+            ).all()
+        )
+    seen_before = {r[0] for r in rows if _as_date(r[1]) < lo}
+    rest = [t for t in names if t not in seen_before]
+    for i in range(0, len(rest), _IN_CHUNK):
+        chunk = rest[i : i + _IN_CHUNK]
+        last = (
+            select(c.ticker, func.max(c.trade_date).label("d"))
+            .where(and_(c.ticker.in_(chunk), c.trade_date < lo - _LOOKBACK))
+            .group_by(c.ticker)
+            .subquery()
+        )
+        rows.extend(
+            conn.execute(
+                select(*cols).join(last, and_(last.c.ticker == c.ticker, last.c.d == c.trade_date))
+            ).all()
+        )
+    if not rows:
+        return StoredDay(
+            np.empty(0, dtype=object),
+            np.empty(0, dtype="datetime64[D]"),
+            np.empty((0, len(VALUE_COLUMNS))),
+        )
+    ticker, day, *values = zip(*rows, strict=True)
+    days = np.asarray(day, dtype="datetime64[D]") if sqlite else as_days(list(day))
+    keep = np.ones(len(rows), dtype=bool)
+    before = days < np.datetime64(lo, "D")
+    if before.any():  # of the bars before lo, only each ticker's last is the previous close
+        names_arr = np.asarray(ticker, dtype=object)
+        order = np.lexsort((days, names_arr))
+        last_of = np.ones(len(rows), dtype=bool)
+        last_of[order[:-1]] = names_arr[order[1:]] != names_arr[order[:-1]]
+        last_of[order[:-1]] |= ~before[order[1:]]
+        keep = ~before | last_of
+    return StoredDay(
+        np.asarray(ticker, dtype=object)[keep],
+        days[keep],
+        np.array(values, dtype="float64").T[keep],
+    )
+
+
+def _as_date(value: Any) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(value)
+
+
+#: (ticker, day) as one integer: ticker number times this, plus the day number shifted to >= 0.
+_KEY_SHIFT = 1 << 21
+_DAY_OFFSET = 1 << 20
+
+
+def upsert_day(
+    conn: Connection,
+    clean: pd.DataFrame,
+    *,
+    stored: StoredDay,
+    source: str,
+    ingested_at: dt.datetime,
+    run_id: str,
+) -> dict[str, Upserted]:
+    """:func:`upsert_prices` for the validated bars of many tickers at once (``clean`` holds
+    ``ticker, trade_date`` and the values, one row per ticker and date), compared with
+    ``stored`` (from :func:`read_stored_day`, or any superset of the stored rows of those
+    dates): one insert, one update and one revisions insert for all of them. Returns the
+    counts per ticker."""
+    if clean.empty:
+        return {}
+    names = clean["ticker"].to_numpy(dtype=object)  # [n]
+    dates = clean["trade_date"].tolist()
+    day = as_days(dates)  # [n]
     pos = np.full(len(clean), -1)
-    if stored.dates:
-        pos = pd.Index(stored.dates).get_indexer(pd.Index(clean["trade_date"].tolist()))
+    if len(stored.tickers):
+        codes, _ = pd.factorize(np.concatenate([stored.tickers, names]))  # [M + n]
+        ordinal = np.concatenate([stored.days, day]).astype("int64") + _DAY_OFFSET
+        keys = codes.astype("int64") * _KEY_SHIFT + ordinal  # [M + n]
+        m = len(stored.tickers)
+        pos = pd.Index(keys[:m]).get_indexer(keys[m:])
     is_new = pos < 0
     incoming = clean[list(VALUE_COLUMNS)].to_numpy(dtype="float64", copy=True)  # [n, 7]
     same = np.zeros(len(clean), dtype=bool)
     revised: list[dict[str, Any]] = []
+    revised_rows = np.empty(0, dtype=np.int64)
     if (~is_new).any():
-        old = stored.values[pos[~is_new]]  # [n_matched, 7]
-        new = incoming[~is_new]  # [n_matched, 7]
+        matched = np.flatnonzero(~is_new)  # [n_matched] rows of clean
+        old = stored.values[pos[matched]]  # [n_matched, 7]
+        new = incoming[matched]  # [n_matched, 7]
         new = np.where(np.isnan(new), old, new)  # a blank never replaces a stored value
         close = np.isclose(new, old, rtol=RTOL, atol=ATOL, equal_nan=True)  # [n_matched, 7]
-        same[~is_new] = close.all(axis=1)
-        incoming[~is_new] = new
-        matched_dates = clean["trade_date"].to_numpy()[~is_new]
-        for i, j in zip(*np.nonzero(~close), strict=True):
+        same[matched] = close.all(axis=1)
+        incoming[matched] = new
+        at, col = np.nonzero(~close)
+        revised_rows = matched[at]
+        for i, j, r in zip(at.tolist(), col.tolist(), revised_rows.tolist(), strict=True):
             revised.append(
                 {
                     "run_id": run_id,
-                    "ticker": ticker,
-                    "trade_date": matched_dates[i],
+                    "ticker": names[r],
+                    "trade_date": dates[r],
                     "column_name": VALUE_COLUMNS[j],
                     "old_value": None if np.isnan(old[i, j]) else float(old[i, j]),
                     "new_value": float(new[i, j]),
@@ -258,33 +378,57 @@ def upsert_prices(
 
     if is_new.any():
         inserts = clean.loc[is_new]
+        new_names = names[is_new].tolist()
         for lo_row in range(0, len(inserts), INSERT_CHUNK):  # bounded memory for big batches
             _bulk_insert(
-                conn, ticker, inserts.iloc[lo_row : lo_row + INSERT_CHUNK], source, ingested_at
+                conn,
+                new_names[lo_row : lo_row + INSERT_CHUNK],
+                inserts.iloc[lo_row : lo_row + INSERT_CHUNK],
+                source,
+                ingested_at,
             )
     if changed.any():
         merged = pd.DataFrame(incoming[changed], columns=list(VALUE_COLUMNS))
-        merged.insert(0, "trade_date", clean["trade_date"].to_numpy()[changed])
         params = _records(merged)
-        for p in params:
-            p["b_date"] = p.pop("trade_date")
+        for p, t, d in zip(
+            params, names[changed].tolist(), clean["trade_date"].to_numpy()[changed], strict=True
+        ):
+            p["b_ticker"], p["b_date"] = t, d
             p["source"] = source
             p["ingested_at"] = ingested_at
         c = prices.c
         conn.execute(
             update(prices)
-            .where(and_(c.ticker == ticker, c.trade_date == bindparam("b_date")))
+            .where(and_(c.ticker == bindparam("b_ticker"), c.trade_date == bindparam("b_date")))
             .values({k: bindparam(k) for k in (*VALUE_COLUMNS, "source", "ingested_at")}),
             params,
         )
         conn.execute(insert(revisions), revised)
-    return Upserted(int(is_new.sum()), int(changed.sum()), int(same.sum()), len(revised))
+    codes, tickers = pd.factorize(names)  # [n]
+    k = len(tickers)
+
+    def count(mask: np.ndarray) -> list[int]:
+        out: list[int] = np.bincount(codes[mask], minlength=k).tolist()
+        return out
+
+    n_revised = np.bincount(codes[revised_rows], minlength=k).tolist()
+    return {
+        str(t): Upserted(i, u, s, r)
+        for t, i, u, s, r in zip(
+            tickers, count(is_new), count(changed), count(same), n_revised, strict=True
+        )
+    }
 
 
 def _bulk_insert(
-    conn: Connection, ticker: str, rows: pd.DataFrame, source: str, ingested_at: dt.datetime
+    conn: Connection,
+    tickers: list[str],
+    rows: pd.DataFrame,
+    source: str,
+    ingested_at: dt.datetime,
 ) -> None:
-    """Insert rows known to be new, below SQLAlchemy's per-row parameter handling.
+    """Insert rows known to be new (``tickers[i]`` is row i's ticker), below SQLAlchemy's
+    per-row parameter handling.
 
     Building a parameter dict per row and running it through the compiled statement costs more
     than the database's own work, so tuples go straight to the driver inside the caller's
@@ -300,7 +444,7 @@ def _bulk_insert(
         # The rows were just found missing in this transaction; a concurrent writer inserting
         # the same key makes this ticker fail with a unique violation (and the run say so).
         dates = rows["trade_date"].tolist()
-        tuples = zip([ticker] * n, dates, *floats, [source] * n, [ingested_at] * n, strict=True)
+        tuples = zip(tickers, dates, *floats, [source] * n, [ingested_at] * n, strict=True)
         raw = conn.connection.driver_connection
         with raw.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as cp:  # type: ignore[union-attr]
             for row in tuples:
@@ -318,7 +462,7 @@ def _bulk_insert(
     else:
         dates = [to_date(d) for d in dates]
     stamp = to_stamp(ingested_at)
-    tuples = zip([ticker] * n, dates, *floats, [source] * n, [stamp] * n, strict=True)
+    tuples = zip(tickers, dates, *floats, [source] * n, [stamp] * n, strict=True)
     marks = ", ".join("?" for _ in columns)
     conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(tuples))
 

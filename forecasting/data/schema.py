@@ -29,7 +29,6 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -63,6 +62,17 @@ index_members = Table(
     Column("index_code", String(32), primary_key=True),
     Column("trade_date", Date, primary_key=True),
     Column("ticker", String(32), primary_key=True),
+)
+
+# A stock's names in time (tushare namechange): an ST or *ST name over a span means the 5%
+# daily limit applied then, which today's name cannot tell.
+name_changes = Table(
+    "name_changes",
+    metadata,
+    Column("ticker", String(32), primary_key=True),
+    Column("start_date", Date, primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("end_date", Date),  # NULL: the name is still in use
 )
 
 prices = Table(
@@ -171,14 +181,19 @@ model_versions = Table(
     # Why a version was retired other than by a successor: its checkpoint was missing or
     # corrupt when a run needed it (the run then retrained from scratch).
     Column("retired_reason", Text),
-    Index(
-        "uq_model_versions_active_scope",
-        "scope",
-        unique=True,
-        sqlite_where=text("status = 'active'"),
-        postgresql_where=text("status = 'active'"),
-    ),
+    # uq_model_versions_active_scope: see PARTIAL_INDEXES.
 )
+
+#: Partial indexes, by table, as SQL that SQLite and Postgres both speak. Declared as an
+#: ``Index(..., postgresql_where=...)`` it made SQLAlchemy import its whole Postgres dialect
+#: (~60 ms) in every command on SQLite, ``forecasting prices`` among them.
+PARTIAL_INDEXES: dict[str, list[str]] = {
+    # At most one active version per scope.
+    "model_versions": [
+        "CREATE UNIQUE INDEX uq_model_versions_active_scope ON model_versions (scope) "
+        "WHERE status = 'active'"
+    ],
+}
 
 model_checks = Table(
     "model_checks",
@@ -367,6 +382,8 @@ def _add_missing_columns(conn: Connection) -> None:
     for table in metadata.sorted_tables:
         for index in table.indexes:
             index.create(conn, checkfirst=True)
+        for statement in PARTIAL_INDEXES.get(table.name, []):
+            conn.execute(text(statement.replace("INDEX", "INDEX IF NOT EXISTS", 1)))
 
 
 def _view_columns(conn: Connection, name: str) -> set[str] | None:
@@ -400,6 +417,8 @@ def _create_views(conn: Connection) -> None:
 
 def ddl(dialect_name: str) -> str:
     """The full DDL script for ``sqlite`` or ``postgresql``, generated from :data:`metadata`."""
+    from sqlalchemy.dialects import postgresql, sqlite  # see PARTIAL_INDEXES: slow to import
+
     dialects: dict[str, Dialect] = {
         "sqlite": sqlite.dialect(),
         "postgresql": postgresql.dialect(),  # type: ignore[no-untyped-call]  # untyped upstream
@@ -410,11 +429,20 @@ def ddl(dialect_name: str) -> str:
     ]
     for table in metadata.sorted_tables:
         parts.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
-        for index in sorted(table.indexes, key=lambda i: i.name or ""):
-            parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";")
+        indexes = [
+            str(CreateIndex(index).compile(dialect=dialect)).strip() for index in table.indexes
+        ]
+        for statement in sorted([*indexes, *PARTIAL_INDEXES.get(table.name, [])], key=_index_name):
+            parts.append(statement + ";")
     for body in VIEWS.values():
         parts.append(body + ";")
     return "\n\n".join(parts) + "\n"
+
+
+def _index_name(statement: str) -> str:
+    """``ix_a`` of ``CREATE [UNIQUE] INDEX ix_a ON ...``: the DDL lists a table's indexes by name."""
+    words = statement.split()
+    return words[words.index("INDEX") + 1]
 
 
 def write_ddl(sql_dir: Path) -> list[Path]:

@@ -74,8 +74,10 @@ class Checks:
             it divided by that, is implausible.
         listed: the listing date, when known: the first trading days after it are exempt
             from the price limit. Unknown, the first bars of the ticker's history are.
-        st: apply the 5% ST limit on the main boards (only when the name is known for the
-            dates checked; a current ST name says nothing about last year).
+        st: apply the 5% ST limit on the main boards on every day checked.
+        st_spans: the spans ``(start, end)`` (end None: still) in which the ticker's name
+            was ST or *ST (tushare's ``namechange``): the 5% limit applies on those days. A
+            current ST name says nothing about last year, so the name alone is not used.
     """
 
     ranges: Sequence[tuple[dt.date, dt.date]] | None = None
@@ -83,6 +85,7 @@ class Checks:
     max_move: float = 1.0
     listed: dt.date | None = None
     st: bool = False
+    st_spans: Sequence[tuple[dt.date, dt.date | None]] = ()
 
 
 @dataclass(frozen=True)
@@ -158,9 +161,15 @@ def validate_bars(
     # A row under another ticker is that ticker's business: it neither collapses into nor
     # conflicts with the asked ticker's row for the same date.
     key_cols = ["ticker", "trade_date", *VALUE_COLUMNS] if other.any() else key_values
-    exact_dup = frame.duplicated(subset=key_cols, keep="first").to_numpy()
-    distinct = frame.loc[~exact_dup & ~no_date & ~other, "trade_date"]
-    versions: dict[Any, int] = distinct.value_counts().to_dict()
+    day = as_days(dates)  # [N] datetime64[D], NaT where none
+    dated = np.sort(day[~no_date])
+    if not (dated[1:] == dated[:-1]).any():  # no date twice (the usual case): no copies
+        exact_dup = np.zeros(len(frame), dtype=bool)
+        versions: dict[Any, int] = {}
+    else:
+        exact_dup = frame.duplicated(subset=key_cols, keep="first").to_numpy()
+        distinct = frame.loc[~exact_dup & ~no_date & ~other, "trade_date"]
+        versions = distinct.value_counts().to_dict()
     conflict_dates = {d for d, n in versions.items() if n > 1}
     conflict = (
         np.array([d in conflict_dates for d in dates], dtype=bool) & ~other
@@ -176,7 +185,6 @@ def validate_bars(
 
     has_date = ~no_date
     if has_date.any():
-        day = as_days(dates)  # [N] datetime64[D], NaT where none
         if checks.today is not None:
             today = checks.today
             flag(
@@ -202,7 +210,7 @@ def validate_bars(
     # The move is judged last, on the rows that passed everything else, against the stored
     # history they continue (a bad row must not become another row's previous close).
     good = np.flatnonzero(~bad & ~exact_dup)
-    for i, why in _implausible(frame, good, ticker, checks, stored or Stored()).items():
+    for i, why in _implausible(frame, good, day, ticker, checks, stored or Stored()).items():
         reasons.setdefault(i, []).append(why)
         bad[i] = True
 
@@ -215,9 +223,93 @@ def validate_bars(
         )
         for i in np.flatnonzero(bad & ~exact_dup).tolist()
     ]
-    clean = frame[~bad & ~exact_dup].sort_values("trade_date", ignore_index=True)
+    keep = np.flatnonzero(~bad & ~exact_dup)
+    # Oldest first: the kept dates are distinct (copies collapsed, conflicts rejected).
+    clean = frame.iloc[keep[np.argsort(day[keep], kind="stable")]].reset_index(drop=True)
     clean["ticker"] = ticker
     return clean, rejections
+
+
+def screen_day(
+    bars: pd.DataFrame,
+    *,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    calendar: TradingCalendar,
+    today: dt.date,
+    max_move: float,
+    st: np.ndarray,
+    stored: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """Which rows of many tickers' bars certainly pass :func:`validate_bars`, in one pass.
+
+    ``bars`` holds ``BAR_COLUMNS`` for many tickers (a day's increment), ``lo``/``hi`` [N] are
+    the range asked for each row's ticker (``datetime64[D]``), ``st`` [N] whether its ticker
+    was ST that day. ``stored`` is ``(tickers, days, close, adj_factor)`` [M] of the stored
+    bars of those tickers on the batch's days and each one's last bar before them.
+
+    True means the row passes every check of :func:`validate_bars` for its ticker; the screen
+    is conservative: whatever it cannot settle cheaply (a parse problem, a duplicate, any bad
+    value, a move beyond the bound whether or not a listing exempts it) is False, and a
+    ticker with a False row is left to :func:`validate_bars`, which says why.
+    """
+    n = len(bars)
+    ok = np.ones(n, dtype=bool)
+    if n == 0:
+        return ok
+    if any(bars[c].dtype != "float64" for c in VALUE_COLUMNS):
+        return np.zeros(n, dtype=bool)  # the per-ticker path coerces and explains
+    if PROBLEM_COLUMN in bars.columns:
+        ok &= bars[PROBLEM_COLUMN].isna().to_numpy()
+    dates = bars["trade_date"].tolist()
+    dated = np.fromiter((type(d) is dt.date for d in dates), dtype=bool, count=n)
+    ok &= dated
+    if not dated.all():
+        dates = [d if isinstance(d, dt.date) else dt.date.min for d in dates]
+    ok &= ~bars.duplicated(subset=["ticker", "trade_date"], keep=False).to_numpy()
+
+    def flag(mask: np.ndarray, make: Any) -> None:
+        ok[mask] = False
+
+    _check_values(bars, None, flag)
+    day = as_days(dates)  # [N]
+    ok &= (day <= np.datetime64(today, "D")) & (day >= lo) & (day <= hi)
+    ok &= ~calendar.known_closed_mask(dates)
+
+    # The move against the previous accepted close: the stored bars with the batch's rows in
+    # their place, per ticker, as validate_bars builds it (rows already failed stay out).
+    s_ticker, s_day, s_close, s_factor = stored
+    names = bars["ticker"].to_numpy(dtype=object)
+    codes, _ = pd.factorize(np.concatenate([names, s_ticker]))  # [N + M]
+    key = codes.astype("int64") * (1 << 21) + (
+        np.concatenate([day, s_day]).astype("int64") + (1 << 20)
+    )
+    mine, theirs = key[:n], key[n:]
+    kept = ~np.isin(theirs, mine)  # stored rows the batch does not replace
+    rows = np.concatenate([np.flatnonzero(ok), np.full(int(kept.sum()), -1)])
+    take = rows >= 0
+    code = np.concatenate([codes[:n][ok], codes[n:][kept]])
+    when = np.concatenate([day[ok], s_day[kept]])
+    close = np.concatenate([bars["close"].to_numpy()[ok], s_close[kept]])
+    factor = np.concatenate([bars["adj_factor"].to_numpy()[ok], s_factor[kept]])
+    limit = np.full(len(rows), np.nan)
+    limit[take] = [
+        _limit_of(t, d, bool(x))
+        for t, d, x in zip(names[ok], np.asarray(dates, dtype=object)[ok], st[ok], strict=True)
+    ]
+    order = np.lexsort((when, code))  # [S] per ticker, oldest first
+    if len(order) < 2:
+        return ok
+    over = moves_beyond(close[order], factor[order], when[order], limit[order], max_move)
+    one_ticker = code[order][1:] == code[order][:-1]  # [S-1]
+    follows = rows[order][1:]
+    ok[follows[over & one_ticker & (follows >= 0)]] = False
+    return ok
+
+
+def _limit_of(ticker: str, day: dt.date, st: bool) -> float:
+    limit = daily_limit(ticker, day, st=st)
+    return np.nan if limit is None else limit
 
 
 def _check_values(frame: pd.DataFrame, problems: pd.Series | None, flag: Any) -> None:
@@ -253,7 +345,12 @@ def _check_values(frame: pd.DataFrame, problems: pd.Series | None, flag: Any) ->
 
 
 def _implausible(
-    frame: pd.DataFrame, good: np.ndarray, ticker: str, checks: Checks, stored: Stored
+    frame: pd.DataFrame,
+    good: np.ndarray,
+    day: np.ndarray,
+    ticker: str,
+    checks: Checks,
+    stored: Stored,
 ) -> dict[int, str]:
     """Rows of ``frame`` (among ``good``) whose close cannot follow the previous accepted close.
 
@@ -264,59 +361,39 @@ def _implausible(
     """
     if len(good) == 0:
         return {}
-    mine = pd.DataFrame(
-        {
-            "trade_date": frame["trade_date"].to_numpy()[good],
-            "close": frame["close"].to_numpy()[good],
-            "adj_factor": frame["adj_factor"].to_numpy()[good],
-            "row": good,
-        }
-    )
-    theirs = stored.bars.loc[~stored.bars["trade_date"].isin(set(mine["trade_date"]))]
-    series = pd.concat(
-        [theirs.assign(row=-1), mine] if len(theirs) else [mine], ignore_index=True
-    ).sort_values("trade_date", kind="stable", ignore_index=True)
-    close = series["close"].to_numpy(dtype="float64")  # [S]
-    factor = series["adj_factor"].to_numpy(dtype="float64")  # [S]
-    rows = series["row"].to_numpy()  # [S], -1 for stored
-    days = series["trade_date"].tolist()
+    mine_day = day[good]  # [G] datetime64[D]
+    s_day = as_days(stored.bars["trade_date"].tolist())  # [T]
+    theirs = ~np.isin(s_day, mine_day)  # stored bars the batch does not replace
+    # Stored first, then the batch, sorted stably by day: as validate_bars has always done.
+    all_day = np.concatenate([s_day[theirs], mine_day])
+    order = np.argsort(all_day, kind="stable")
+    day = all_day[order]  # [S]
+    close = np.concatenate(
+        [stored.bars["close"].to_numpy(dtype="float64")[theirs], frame["close"].to_numpy()[good]]
+    )[order]  # [S]
+    factor = np.concatenate(
+        [
+            stored.bars["adj_factor"].to_numpy(dtype="float64")[theirs],
+            frame["adj_factor"].to_numpy()[good],
+        ]
+    )[order]  # [S]
+    rows = np.concatenate([np.full(int(theirs.sum()), -1), good])[order]  # [S], -1 for stored
     # Bar number since the start of the known history (1 = first): listing days are exempt.
-    number = stored.n_before + np.arange(1, len(series) + 1)  # [S]
-    exempt = _listing_exempt(days, number, checks.listed)
+    number = stored.n_before + np.arange(1, len(day) + 1)  # [S]
+    exempt = _listing_exempt(day, number, checks.listed)
 
-    day = as_days(days)  # [S] datetime64[D]
     ordinal = day.astype("int64")  # [S] day numbers
-    # Steps between two bars: the bars between them, or the weekdays if more. A holiday is
-    # not a session, but data that folds a holiday's news into one bar (or a source that
-    # skips days) must not make the bars after it look impossible; a unit error still does.
-    weekdays = np.busday_count(day[:-1], day[1:])  # [S-1]
-    limit = _limits(ticker, days, checks)  # [S] the exchange limit, NaN where none
-    # Fast path: every move within one bar's bound of its predecessor.
-    # A move is explained when either the raw close or the split-free close (close times
-    # adj_factor, where both days have one) stays within the bound.
+    limit = _limits(ticker, day, checks)  # [S] the exchange limit, NaN where none
     level = np.where(np.isfinite(factor), close * factor, close)  # [S]
-    both = np.isfinite(factor[1:]) & np.isfinite(factor[:-1])
-    raw = close[1:] / close[:-1]  # [S-1]
-    adjusted = np.where(both, level[1:] / level[:-1], raw)  # [S-1]
-    up, down = _bounds(limit[1:], ordinal[1:] - ordinal[:-1], checks.max_move)  # [S-1] each
-    slack = (LIMIT_ABS_TOL + LIMIT_REL_TOL * close[:-1]) / close[:-1]  # [S-1] as a fraction
-
-    steps = np.maximum(weekdays, 1)  # [S-1]
-
-    def beyond(ratio: np.ndarray) -> np.ndarray:
-        out: np.ndarray = (ratio > (1 + up) ** steps + slack) | (
-            ratio < (1 - down) ** steps - slack
-        )
-        return out
-
-    over = beyond(raw) & beyond(adjusted)
+    # Fast path: every move within one bar's bound of its predecessor.
+    over = moves_beyond(close, factor, day, limit, checks.max_move)  # [S-1]
     suspect = over & (rows[1:] >= 0) & ~exempt[1:]
     if not suspect.any():
         return {}
     first = int(np.flatnonzero(suspect)[0]) + 1  # series index of the first suspect bar
     out: dict[int, str] = {}
     last = first - 1  # the last accepted bar: everything before the first suspect is
-    for j in range(first, len(series)):
+    for j in range(first, len(day)):
         if rows[j] < 0 or exempt[j]:
             last = j
             continue
@@ -340,25 +417,71 @@ def _implausible(
         )
         out[int(rows[j])] = (
             f"close {close[j]:g} moved {r - 1:+.1%}{explained} from {close[last]:g} on "
-            f"{days[last]}, beyond {bound} over {k} day{'s' if k > 1 else ''}: "
+            f"{day[last].astype(dt.date)}, beyond {bound} over {k} day{'s' if k > 1 else ''}: "
             "implausible (a unit or data error?)"
         )
     return out
 
 
-def _limits(ticker: str, days: list[dt.date], checks: Checks) -> np.ndarray:
-    """The exchange's daily limit per day as a fraction [S]; NaN where it sets none."""
+def moves_beyond(
+    close: np.ndarray, factor: np.ndarray, day: np.ndarray, limit: np.ndarray, max_move: float
+) -> np.ndarray:
+    """Whether each bar's close [S] moved beyond one bar's bound from the bar before it [S-1].
 
-    def of(day: dt.date) -> float:
-        limit = daily_limit(ticker, day, st=checks.st)
+    ``day`` [S] is ``datetime64[D]``, ``limit`` [S] the exchange limit of each bar's day (NaN
+    where none). A move is explained when either the raw close or the split-free close (close
+    times adj_factor, where both days have one) stays within the bound. The steps between two
+    bars are the weekdays between them (at least 1): a holiday is not a session, but data that
+    folds a holiday's news into one bar (or a source that skips days) must not make the bars
+    after it look impossible; a unit error still does.
+    """
+    ordinal = day.astype("int64")  # [S] day numbers
+    weekdays = np.busday_count(day[:-1], day[1:])  # [S-1]
+    level = np.where(np.isfinite(factor), close * factor, close)  # [S]
+    both = np.isfinite(factor[1:]) & np.isfinite(factor[:-1])
+    raw = close[1:] / close[:-1]  # [S-1]
+    adjusted = np.where(both, level[1:] / level[:-1], raw)  # [S-1]
+    up, down = _bounds(limit[1:], ordinal[1:] - ordinal[:-1], max_move)  # [S-1] each
+    slack = (LIMIT_ABS_TOL + LIMIT_REL_TOL * close[:-1]) / close[:-1]  # [S-1] as a fraction
+    steps = np.maximum(weekdays, 1)  # [S-1]
+
+    def beyond(ratio: np.ndarray) -> np.ndarray:
+        out: np.ndarray = (ratio > (1 + up) ** steps + slack) | (
+            ratio < (1 - down) ** steps - slack
+        )
+        return out
+
+    over: np.ndarray = beyond(raw) & beyond(adjusted)
+    return over
+
+
+def _limits(ticker: str, day: np.ndarray, checks: Checks) -> np.ndarray:
+    """The exchange's daily limit per day [S] (``day`` [S] datetime64[D]) as a fraction; NaN
+    where it sets none."""
+
+    def of(d: np.datetime64, st: bool) -> float:
+        limit = daily_limit(ticker, d.astype(dt.date), st=st)
         return np.nan if limit is None else limit
 
-    if not days:
+    if not len(day):
         return np.empty(0)
-    first, last = of(days[0]), of(days[-1])
-    if first == last or (np.isnan(first) and np.isnan(last)):  # rules change on few dates
-        return np.full(len(days), first)
-    return np.array([of(d) for d in days])
+    st = st_mask(day, checks)  # [S]
+    if st.all() or not st.any():  # rules change on few dates
+        first, last = of(day[0], bool(st[0])), of(day[-1], bool(st[0]))
+        if first == last or (np.isnan(first) and np.isnan(last)):
+            return np.full(len(day), first)
+    return np.array([of(d, bool(x)) for d, x in zip(day, st, strict=True)])
+
+
+def st_mask(day: np.ndarray, checks: Checks) -> np.ndarray:
+    """Whether the ticker was ST (or *ST) on each of ``day`` [S]: from ``checks.st_spans``
+    (its names in time, from tushare's ``namechange``), or on every day with ``checks.st``."""
+    out = np.full(len(day), checks.st, dtype=bool)
+    for a, b in checks.st_spans:
+        out |= (day >= np.datetime64(a, "D")) & (
+            True if b is None else day <= np.datetime64(b, "D")
+        )
+    return out
 
 
 def _bounds(
@@ -383,22 +506,26 @@ def as_days(dates: Sequence[dt.date | None]) -> np.ndarray:
     """``datetime.date`` values as ``datetime64[D]`` [N], NaT for None (numpy's own conversion
     of date objects is ~20x slower than counting ordinals)."""
     nat = np.iinfo(np.int64).min
-    ordinals = np.fromiter(
-        (nat if d is None else d.toordinal() - _EPOCH_ORDINAL for d in dates),
-        dtype=np.int64,
-        count=len(dates),
-    )
+    try:  # no None (the usual case): the C method over the list, no Python frame per date
+        ordinals = np.fromiter(map(dt.date.toordinal, dates), dtype=np.int64, count=len(dates))  # type: ignore[arg-type]
+        ordinals -= _EPOCH_ORDINAL
+    except TypeError:
+        ordinals = np.fromiter(
+            (nat if d is None else d.toordinal() - _EPOCH_ORDINAL for d in dates),
+            dtype=np.int64,
+            count=len(dates),
+        )
     return ordinals.view("datetime64[D]")
 
 
-def _listing_exempt(days: list[dt.date], number: np.ndarray, listed: dt.date | None) -> np.ndarray:
+def _listing_exempt(day: np.ndarray, number: np.ndarray, listed: dt.date | None) -> np.ndarray:
     """The first trading days after listing: known from ``listed`` (within a week of the
-    history's start), else taken to be the first bars of the history."""
+    history's start), else taken to be the first bars of the history. ``day`` [S]."""
     first = number <= NO_LIMIT_DAYS
-    if listed is None or not days:
+    if listed is None or not len(day):
         return first
-    starts_at_listing = days[0] - listed <= dt.timedelta(days=7) and number[0] == 1
-    return first if starts_at_listing else np.zeros(len(days), dtype=bool)
+    starts_at_listing = day[0].astype(dt.date) - listed <= dt.timedelta(days=7) and number[0] == 1
+    return first if starts_at_listing else np.zeros(len(day), dtype=bool)
 
 
 def _texts(bars: pd.DataFrame, column: str) -> pd.Series | None:

@@ -112,6 +112,9 @@ def _point_loss(config: ModelConfig, device: torch.device) -> Callable[..., torc
 
 # ----------------------------------------------------------------------------- progress
 
+#: Seconds between redraws of the training bar (tqdm's default).
+BAR_INTERVAL_S = 0.1
+
 
 def _use_tqdm(progress: bool | None) -> bool:
     if progress is not None:
@@ -430,7 +433,18 @@ def _train(
     if _use_tqdm(progress) and epochs > 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, desc="training", unit="epoch", leave=False)
+        # One bar over every batch of every epoch: an epoch on a large panel takes minutes,
+        # and a bar that moves only between epochs sat at 0/N for all of the first one.
+        # Early stopping can end it short of its total.
+        per_epoch = -(-len(tidx) // bs)  # the sampler's budget is the same every epoch
+        bar = tqdm(
+            total=epochs * per_epoch,
+            desc=f"training epoch 1/{epochs}",
+            unit="batch",
+            leave=False,
+            disable=False,  # decided above; tqdm would read TQDM_DISABLE again
+            mininterval=BAR_INTERVAL_S,
+        )
     try:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
@@ -448,6 +462,8 @@ def _train(
                 nn.utils.clip_grad_norm_(params, GRAD_CLIP)
                 opt.step()
                 total += loss.detach().double() * len(idx)
+                if bar is not None:
+                    bar.update(1)
             train_loss = float(total) / max(len(tidx), 1)  # float() waits for the device
             t1 = time.perf_counter()
             vl, vp = val_loss()
@@ -467,7 +483,7 @@ def _train(
             )
             if bar is not None:
                 bar.set_postfix(train=f"{train_loss:.4f}", val=f"{vl:.4f}", point=f"{vp:.4f}")
-                bar.update(1)
+                bar.set_description(f"training epoch {min(epoch + 1, epochs)}/{epochs}")
             else:
                 log.info(
                     "epoch %d/%d: train loss %.5f, val loss %.5f, point %.5f, lr %.2g, %.1fs "

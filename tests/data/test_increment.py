@@ -4,6 +4,8 @@ landing exactly the rows the per-ticker path lands."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -16,16 +18,16 @@ from market_fixtures import (
     market_source,
     market_stub,
 )
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Engine
 from tushare_stub import TushareStub
 
-from forecasting.data.db import init_db
+from forecasting.data.db import init_db, make_engine
 from forecasting.data.increment import Need, choose_by_date
 from forecasting.data.ingest import ingest
 from forecasting.data.listings import Listing, load_listings
 from forecasting.data.prices import stored_spans
-from forecasting.data.schema import prices
+from forecasting.data.schema import ingest_runs, prices, rejected_rows, revisions, securities
 
 HISTORY_END = dt.date(2019, 8, 23)  # a Friday
 INCREMENT_END = dt.date(2019, 8, 28)  # three trading days later
@@ -135,7 +137,7 @@ def test_a_day_for_the_whole_market_costs_two_calls(
 ) -> None:
     """The call budget, counted by the server: one trading day for every ticker, the suspended
     and the delisted one included, is one daily and one adj_factor call, plus the calendar and
-    the reference data (three list statuses)."""
+    the reference data (three list statuses, and the names in time)."""
     engine = _engine(tmp_path_factory, "budget")
     _ingest(engine, stub, HISTORY_END)
     _ingest(engine, stub, dt.date(2019, 8, 26))  # the suspended ticker's own call, this once
@@ -143,7 +145,13 @@ def test_a_day_for_the_whole_market_costs_two_calls(
         before = stub.call_counts()
         _ingest(engine, stub, dt.date(2019, 8, day))
         during = stub.call_counts() - before
-        assert during == {"trade_cal": 1, "stock_basic": 3, "daily": 1, "adj_factor": 1}
+        assert during == {
+            "trade_cal": 1,
+            "stock_basic": 3,
+            "namechange": 1,
+            "daily": 1,
+            "adj_factor": 1,
+        }
 
 
 def test_a_day_longer_than_one_reply_is_paged_with_offset(
@@ -200,3 +208,204 @@ def _reference(engine: Engine, listings: dict[str, Listing] | None = None) -> li
         with engine.connect() as conn:
             listings = load_listings(conn)
     return sorted(listings.values(), key=lambda x: x.ticker)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def two_engines(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Engine, Engine]]:
+    """Two empty databases on one backend (SQLite files, or two Postgres schemas)."""
+    if request.param == "sqlite":
+        pair = (_engine(tmp_path_factory, "a"), _engine(tmp_path_factory, "b"))
+        yield pair
+    else:
+        urls = [request.getfixturevalue("pg_url")]
+        base = request.getfixturevalue("pg_database")
+        schema = f"t_{uuid.uuid4().hex[:10]}"
+        admin = make_engine(base)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        urls.append(f"{base}?options=-csearch_path%3D{schema}")
+        pair = (make_engine(urls[0]), make_engine(urls[1]))
+        for e in pair:
+            init_db(e)
+        yield pair
+        for e in pair:
+            e.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+        return
+    for e in pair:
+        e.dispose()
+
+
+def _state(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
+    """Everything an ingest writes, without the run ids, ids and times that differ by run."""
+    r, v, s, i = rejected_rows.c, revisions.c, securities.c, ingest_runs.c
+    with engine.connect() as conn:
+        return {
+            "prices": _rows(engine),
+            "rejected": [
+                tuple(x)
+                for x in conn.execute(
+                    select(r.ticker, r.trade_date, r.raw, r.reason, r.fingerprint).order_by(
+                        r.ticker, r.trade_date, r.reason
+                    )
+                )
+            ],
+            "revisions": [
+                tuple(x)
+                for x in conn.execute(
+                    select(
+                        v.ticker, v.trade_date, v.column_name, v.old_value, v.new_value
+                    ).order_by(v.ticker, v.trade_date, v.column_name)
+                )
+            ],
+            "securities": [
+                tuple(x)
+                for x in conn.execute(
+                    select(
+                        s.ticker, s.name, s.kind, s.exchange, s.checked_through, s.source
+                    ).order_by(s.ticker)
+                )
+            ],
+            "runs": [
+                tuple(x)
+                for x in conn.execute(
+                    select(
+                        i.status, i.rows_inserted, i.rows_updated, i.rows_unchanged, i.rows_rejected
+                    ).order_by(i.started_at)
+                )
+            ],
+        }
+
+
+def test_the_whole_day_path_writes_what_the_per_ticker_path_writes(
+    stub: TushareStub,
+    two_engines: tuple[Engine, Engine],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three days by trade date with a 1000x close, a negative volume, a blank open: landing
+    all tickers in one vectorized pass and one bulk write stores the same prices, rejected
+    rows, revisions, securities and ingest_runs counts as landing each ticker on its own, and
+    the rejected tickers still get their own one-line reasons."""
+    fast, slow = two_engines
+    for engine in (fast, slow):
+        _ingest(engine, stub, HISTORY_END)
+    x = next(b["close"] for b in stub.bars("600000.SH") if b["trade_date"] == "20190827")
+    stub.revise[("600000.SH", "20190827")] = {
+        "open": x * 1000,
+        "high": x * 1000 + 1,
+        "low": x * 1000 - 1,
+        "close": x * 1000,
+    }
+    stub.revise[("000001.SZ", "20190826")] = {"vol": -5.0}
+    stub.revise[("300750.SZ", "20190828")] = {"open": None}
+    y = next(b["close"] for b in stub.bars("688001.SH") if b["trade_date"] == "20190823")
+    stub.revise[("688001.SH", "20190823")] = {"close": y + 0.05, "high": y + 0.3}  # re-read
+    caplog.set_level(logging.INFO, logger="forecasting.data.ingest")
+    reports = [
+        ingest(
+            engine,
+            market_source(stub),
+            tickers=list(TICKERS),
+            end=INCREMENT_END,
+            history_start=dt.date(2019, 1, 1),
+            progress=False,
+            whole_day=whole_day,
+            reread_days=1,
+        )
+        for engine, whole_day in ((fast, True), (slow, False))
+    ]
+    assert [r.status for r in reports] == ["success", "success"]
+    assert reports[0].rejected == 2 and reports[0].inserted > 0
+    assert "3 tickers landed by trade date in one write (8 rows); 2 left" in caplog.text
+    assert [t.line() for t in reports[0].tickers.values()] == [
+        t.line() for t in reports[1].tickers.values()
+    ]
+    assert _state(fast) == _state(slow)
+    state = _state(fast)
+    reasons = [row[3] for row in state["rejected"]]
+    assert "000001.SZ on 2019-08-26: rejected because volume is -5, below 0" in reasons[0]
+    assert "600000.SH on 2019-08-27" in reasons[1] and "implausible" in reasons[1]
+    assert [(r[0], r[2], r[3]) for r in state["revisions"]] == [
+        ("688001.SH", "close", y),
+        ("688001.SH", "high", round(y + 0.2, 2)),
+    ]
+
+
+def test_a_day_re_read_costs_two_calls_for_the_whole_market(
+    stub: TushareStub, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """reread_days re-reads the trading days of its window by date as well: one daily and one
+    adj_factor call per day re-read, counted by the server, and a vendor's correction of a
+    re-read day is applied and recorded."""
+    engine = _engine(tmp_path_factory, "reread")
+    _ingest(engine, stub, HISTORY_END)
+    _ingest(engine, stub, dt.date(2019, 8, 26))  # the suspended ticker's own call, this once
+    x = next(b["close"] for b in stub.bars("600000.SH") if b["trade_date"] == "20190826")
+    stub.revise[("600000.SH", "20190826")] = {"close": x + 0.05, "high": x + 0.3}
+    before = stub.call_counts()
+    report = ingest(
+        engine,
+        market_source(stub),
+        tickers=list(TICKERS),
+        end=dt.date(2019, 8, 27),
+        progress=False,
+        reread_days=1,
+    )
+    during = stub.call_counts() - before
+    assert report.status == "success", report.summary()
+    assert during == {
+        "trade_cal": 1,
+        "stock_basic": 3,
+        "namechange": 1,
+        "daily": 2,
+        "adj_factor": 2,
+    }
+    by_date = [
+        r["params"]["trade_date"] for r in stub.calls("daily") if "trade_date" in r["params"]
+    ]
+    assert by_date[-2:] == ["20190826", "20190827"]
+    assert report.updated == 1 and report.tickers["600000.SH"].revised == 2
+    with engine.connect() as conn:
+        rows = conn.execute(select(revisions.c.column_name, revisions.c.new_value)).all()
+    assert sorted(rows) == [("close", x + 0.05), ("high", x + 0.3)]
+
+
+def _jump(stub: TushareStub, ticker: str, day: str, by: float) -> None:
+    """Make ``ticker`` close ``by`` (a fraction) above its previous close on ``day``."""
+    bars = stub.bars(ticker)
+    i = next(k for k, b in enumerate(bars) if b["trade_date"] == day)
+    close = round(bars[i - 1]["close"] * (1 + by), 2)
+    stub.revise[(ticker, day)] = {"open": close, "high": close + 0.1, "low": close - 0.1}
+    stub.revise[(ticker, day)]["close"] = close
+
+
+def test_the_st_limit_applies_on_the_days_the_name_was_st(
+    stub: TushareStub, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """namechange says when a stock was ST: a +7% day inside an ST span is beyond the 5% limit
+    and rejected, by ts_code and by trade_date alike; the same move outside one stands."""
+    stub.market.name_changes = [
+        ("600000.SH", "浦发银行", dt.date(2019, 1, 1), dt.date(2019, 6, 2)),
+        ("600000.SH", "ST浦发", dt.date(2019, 6, 3), dt.date(2019, 6, 28)),
+        ("600000.SH", "浦发银行", dt.date(2019, 6, 29), dt.date(2019, 8, 25)),
+        ("600000.SH", "*ST浦发", dt.date(2019, 8, 26), None),
+    ]
+    for day in ("20190612", "20190717", "20190827"):
+        _jump(stub, "600000.SH", day, 0.07)
+    engine = _engine(tmp_path_factory, "st")
+    _ingest(engine, stub, HISTORY_END)
+    _ingest(engine, stub, INCREMENT_END)
+    with engine.connect() as conn:
+        rejected = conn.execute(select(rejected_rows.c.trade_date, rejected_rows.c.reason)).all()
+        stored = {r[0] for r in conn.execute(select(prices.c.trade_date))}
+    assert [d for d, _ in rejected] == [dt.date(2019, 6, 12), dt.date(2019, 8, 27)]
+    assert all("beyond the 5% daily limit of 600000.SH" in why for _, why in rejected)
+    assert dt.date(2019, 7, 17) in stored
+    by_date = [
+        r["params"]["trade_date"] for r in stub.calls("daily") if "trade_date" in r["params"]
+    ]
+    assert "20190827" in by_date  # the ST day came by trade date

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from forecasting.model import training
 from forecasting.model.inference import Score, predict, score
 from forecasting.model.lstm import ModelConfig
 from forecasting.model.trained_model import TrainedModel
@@ -253,3 +255,22 @@ def test_a_gpu_trained_model_forecasts_on_the_cpu() -> None:
     m = fit(data, SMALL, dt.date(2021, 1, 1))
     gpu = replace(m, config=replace(m.config, device="cuda"))
     np.testing.assert_array_equal(predict(gpu, data)["T0.SH"].yhat, predict(m, data)["T0.SH"].yhat)
+
+
+def test_the_progress_bar_moves_batch_by_batch_within_an_epoch(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal the bar counts batches, so a long first epoch shows it is moving; it names
+    the epoch it is in."""
+    monkeypatch.setattr(training, "BAR_INTERVAL_S", 0.0)  # draw every update
+    config = replace(SMALL, max_epochs=2, patience=5, batch_size=64)
+    fit(_panel(2), config, dt.date(2021, 1, 1), progress=True)
+    drawn = capsys.readouterr().err.replace("\r", "\n")
+    bars = re.finditer(r"training epoch \d/2: +\d+%\|[^|]*\| (\d+)/(\d+) ", drawn)
+    counts = {(int(m[1]), int(m[2])) for m in bars}
+    assert counts, drawn
+    total = max(t for _, t in counts)
+    assert total >= 4 and total % 2 == 0, drawn  # two epochs of at least two batches
+    within_first = {n for n, _ in counts if 0 < n < total // 2}
+    assert within_first, drawn  # drawn between batches of epoch 1, not only at its end
+    assert "training epoch 2/2" in drawn, drawn

@@ -32,6 +32,7 @@ _BASIC_FIELDS = "ts_code,name,industry,market,list_date,delist_date,list_status"
 _WEIGHT_FIELDS = "index_code,con_code,trade_date,weight"
 _DAY_FIELDS = "ts_code,trade_date,open,high,low,close,vol,amount"
 _ADJ_FIELDS = "ts_code,trade_date,adj_factor"
+_NAME_FIELDS = "ts_code,name,start_date,end_date"
 
 #: Rows per reply of ``daily``/``adj_factor`` by trade date and of ``index_weight``.
 MARKET_PAGE_ROWS = 6000
@@ -92,6 +93,23 @@ class TushareMarketSource(TushareSource):
         if known is None or base.name is not None:
             return base
         return Security(base.ticker, known.name, base.kind, base.exchange)
+
+    def name_changes(self) -> list[tuple[str, str, dt.date, dt.date | None]]:
+        """Every stock's names in time from ``namechange`` (``(ticker, name, start, end)``,
+        end None while in use): whether a stock was ST on a past day. Paged with ``offset``."""
+        what = "the names of every stock in time"
+        raw = self._paged("namechange", {}, _NAME_FIELDS, what)
+        if raw.empty:
+            return []
+        require_columns(raw, ("ts_code", "name", "start_date"), "namechange", what)
+        starts = _dates(raw, "start_date", what)
+        ends = _dates(raw, "end_date", what)
+        out = []
+        for i, (code, name) in enumerate(zip(raw["ts_code"], raw["name"], strict=True)):
+            start = starts[i]
+            if start is not None and _text(name) is not None:
+                out.append((str(code).strip().upper(), str(_text(name)), start, ends[i]))
+        return out
 
     def index_members(
         self, index_code: str, start: dt.date, end: dt.date
@@ -169,10 +187,15 @@ class TushareMarketSource(TushareSource):
         return bars.reset_index(drop=True)
 
     def _all_rows(self, api_name: str, day: dt.date, fields: str, what: str) -> pd.DataFrame:
+        return self._paged(api_name, {"trade_date": _ymd(day)}, fields, what)
+
+    def _paged(self, api_name: str, base: dict[str, str], fields: str, what: str) -> pd.DataFrame:
+        """Every row of ``api_name`` for ``base``: pages of ``page_rows`` asked with ``offset``
+        until one comes back short."""
         pages: list[pd.DataFrame] = []
         offset = 0
         while True:
-            params = {"trade_date": _ymd(day)}
+            params = dict(base)
             if offset:
                 params["offset"] = str(offset)
             page = self._client.query(api_name, params, fields, what)
