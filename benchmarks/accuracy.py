@@ -15,9 +15,9 @@ trained through the day before the group's window. With the shared data that is 
 through 2017-12 for the panel stocks, through 2021-12 for the indices. ``--split common``
 instead trains a single model through the earliest cutoff and scores every series with it.
 
-Forecasts at ``h = 1, 5, 10`` come from :func:`forecasting.model.inference.predict` on the series cut
-at each origin, all origins of a group batched through one call per chunk (keys
-``"<ticker>@<origin>"``, with the model's stored scaler of the ticker).
+Forecasts at ``h = 1, 5, 10`` come from :func:`forecasting.model.inference.predict` on the
+series' bars (close, high, low, volume) cut at each origin, one call per origin date for all
+series of the group, each under its own ticker as the daily pipeline calls it.
 
 Printed per series and horizon: RMSE in price units as a ratio to persistence (``yhat = close
 at origin``) on the same origins, the same ratio for the tutorial recipe
@@ -71,7 +71,6 @@ HORIZONS = (1, 5, 10)
 TEST_DAYS = 250
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "accuracy.csv"
 DEFAULT_EPOCHS = 5
-PREDICT_CHUNK = 2048  # origins per predict() call: one batched forward pass each
 TARGET_RATIO = 1.00
 TARGET_COVERAGE = (0.75, 0.85)  # per series
 TARGET_POOLED_COVERAGE = (0.77, 0.83)  # per horizon, pooled over series
@@ -180,20 +179,16 @@ def project_forecasts(
     model: TrainedModel,
     series: Mapping[str, pd.Series | pd.DataFrame],
     test_after: dt.date,
-    *,
-    chunk: int = PREDICT_CHUNK,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``yhat, lower, upper`` (each ``[T, H]``, prices) from every origin of each series.
 
-    The series are cut at each origin and fed to :func:`predict` under keys
-    ``"<ticker>@<origin>"``; the model is given the ticker's stored scaler under each key, so
-    every origin is normalized exactly as the ticker's training data was. Each call holds up to
-    ``chunk`` origins (one forward pass). Tickers the model skipped (too short) are left out.
+    One :func:`predict` call (one batched forward pass) per origin date, with every series
+    cut at that date under its own ticker, exactly as the daily pipeline calls it: the
+    ticker's stored scaler, its board's price limits and its class's signal gate all apply.
+    Tickers the model skipped (too short) are left out.
     """
     L, H = model.config.input_len, model.config.horizon
-    keys: list[tuple[str, int, str]] = []  # (ticker, row in its origin array, key)
-    cut: dict[str, pd.Series | pd.DataFrame] = {}
-    alias: dict[str, dict[str, float]] = {}
+    rounds: dict[pd.Timestamp, dict[str, tuple[int, pd.Series | pd.DataFrame]]] = {}
     out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for tk, s in series.items():
         if tk not in model.scalers:
@@ -202,18 +197,13 @@ def project_forecasts(
         t_all = _origins(s, test_after)
         out[tk] = tuple(np.full((len(t_all), H), np.nan) for _ in range(3))  # type: ignore[assignment]
         for i, t in enumerate(t_all):
-            if t < L:
-                continue
-            key = f"{tk}@{s.index[t]:%Y-%m-%d}"
-            keys.append((tk, i, key))
-            cut[key] = s.iloc[t - L : t + 1]  # [L+1]: predict reads the last L returns
-            alias[key] = model.scalers[tk]
-    aliased = replace(model, scalers=alias)
-    for a in range(0, len(keys), chunk):
-        part = keys[a : a + chunk]
-        paths = predict(aliased, {key: cut[key] for _, _, key in part})
-        for tk, i, key in part:
-            p = paths.get(key)
+            if t >= L:  # predict reads the last L returns: L+1 bars
+                rounds.setdefault(s.index[t], {})[tk] = (i, s.iloc[t - L : t + 1])
+    for day in sorted(rounds):
+        part = rounds[day]
+        paths = predict(model, {tk: cut for tk, (_, cut) in part.items()})
+        for tk, (i, _) in part.items():
+            p = paths.get(tk)
             if p is None:
                 continue
             yhat, lower, upper = out[tk]

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from forecasting.data.price_limits import board_of
 from forecasting.model.lstm import ModelConfig
 from forecasting.model.metrics import interval_score
 
@@ -148,8 +149,8 @@ def calibrate(
     validation favoured it with a least-squares factor of 1, the next 250 days wanted -1.5 to
     -2), so it is removed, and only the window-to-window variation is kept, scaled by
     :func:`shrink_factors`. With ``series [N]`` (each window's series number) and ``classes
-    [S]`` the signal is also gated per class of series (:func:`series_gates`, stored as
-    ``gate [S][H]``; see :func:`apply_calibration`'s ``gate``).
+    [S]`` (each series' board) the signal is also gated per class of series
+    (:func:`series_gates`, stored as ``gate {class: [H]}``, read by :func:`gate_rows`).
 
     Interval (``method = "cqr"``, the quantile loss): conformalized quantile regression. The
     network's tail heads give each window its own spread below and above the median (they
@@ -183,7 +184,7 @@ def calibrate(
     if not cfg.shrink:
         drift, shrink = np.zeros(cfg.horizon), np.ones(cfg.horizon)
     gate = None
-    if series is not None and cfg.shrink:
+    if series is not None and classes is not None and cfg.shrink:
         gates = series_gates(change - drift, y - naive, shrink, series, classes)  # [S, H]
         gate = gates[series]  # [N, H]
     calib: dict[str, Any] = {
@@ -195,8 +196,8 @@ def calibrate(
         "n_val": int(n),
         "val_rmse_raw": rmse(m - y),
     }
-    if gate is not None:
-        calib["gate"] = gates.tolist()
+    if gate is not None and classes is not None:
+        calib["gate"] = {c: gates[i].tolist() for i, c in enumerate(classes)}
     tail = (1.0 - cfg.interval) / 2.0
     level = _conformal_level(n, 1.0 - tail)
     if len(cfg.quantiles) > 1:
@@ -309,13 +310,14 @@ def _point(
     return point
 
 
-GATE_KEY = "gate_h{}"  # a series' gate at horizon h, in its scaler dict (1 when absent)
-
-
-def gate_rows(params: Sequence[Mapping[str, float]], horizon: int) -> np.ndarray:
-    """``[N, H]`` gates of windows whose series' scalers are ``params``."""
-    keys = [GATE_KEY.format(h) for h in range(1, horizon + 1)]
-    return np.array([[p.get(k, 1.0) for k in keys] for p in params], dtype=np.float64)
+def gate_rows(tickers: Sequence[str], calib: Mapping[str, Any], horizon: int) -> np.ndarray:
+    """``[N, H]`` point-signal gates of windows of ``tickers``: their class's (their board,
+    :func:`forecasting.data.price_limits.board_of`) from the calibration's ``gate``, 1 for a
+    class it has none for (a model saved before the gate, a board it never saw)."""
+    gates = calib.get("gate") or {}
+    ones = [1.0] * horizon
+    rows = [gates.get(board_of(t), ones) for t in tickers]
+    return np.asarray(rows, dtype=np.float64).reshape(len(tickers), horizon)
 
 
 def gap_widening(gap: np.ndarray | None, n: int, horizon: int) -> np.ndarray:

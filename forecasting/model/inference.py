@@ -146,7 +146,7 @@ def predict(
     scale = recent_scale(x[..., 0].numpy(), cfg.target)  # [S]
     gap = np.array([(gaps or {}).get(tk, 0) for tk, *_ in keep], dtype=np.float64)  # [S]
     vol = har_sigma(x.numpy(), model.calibration, cfg.features)  # [S, H] or None
-    gate = gate_rows([params for *_, params in keep], cfg.horizon)  # [S, H]
+    gate = gate_rows([tk for tk, *_ in keep], model.calibration, cfg.horizon)  # [S, H]
     point, lower, upper = apply_calibration(
         out, nv, model.calibration, cfg, scale, gap, vol=vol, gate=gate
     )
@@ -209,7 +209,7 @@ def score(
             ys.append(lvw[:, 1:])
             nvs.append(np.repeat(lvw[:, :1], H, axis=1))
         masks.append(mask)
-        gates.append(gate_rows([params] * len(t), H))  # [T, H]
+        gates.append(gate_rows([tk] * len(t), model.calibration, H))  # [T, H]
     if not xs:
         return Score(math.nan, math.nan, 0)
     x_all = torch.from_numpy(np.concatenate(xs).astype(np.float32))  # [N, L, F]

@@ -28,7 +28,6 @@ from torch import nn
 from forecasting.data.price_limits import board_of
 from forecasting.errors import InputError
 from forecasting.model.calibration import (
-    GATE_KEY,
     apply_calibration,
     calibrate,
     gate_rows,
@@ -301,11 +300,7 @@ def fit(
     )
     if vol is not None:
         calibration.update(har)
-    # Each series' gate goes with its scaler, where inference reads it per window.
-    for i, gates in enumerate(calibration.pop("gate", [])):
-        for h, g in enumerate(gates, start=1):
-            scalers[panel.tickers[i]][GATE_KEY.format(h)] = float(g)
-    gate = gate_rows([scalers[panel.tickers[i]] for i in series_of], H)  # [Nv, H]
+    gate = gate_rows([panel.tickers[i] for i in series_of], calibration, H)  # [Nv, H]
     val_vol = None if vol is None else vol[0]
     point = apply_calibration(out, naive, calibration, config, scale, vol=val_vol, gate=gate)[0]
     model = TrainedModel(
