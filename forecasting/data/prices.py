@@ -11,12 +11,23 @@ forward-adjusted history changes every time a new split arrives.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import String, and_, bindparam, func, insert, select, type_coerce, update
+from sqlalchemy import (
+    ARRAY,
+    String,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -245,17 +256,14 @@ class StoredDay(NamedTuple):
 
 #: IN lists are sent this many tickers at a time (far below SQLite's 32,766 parameters).
 _IN_CHUNK = 2000
-#: Stored bars this many calendar days before a day's batch are read with it: they hold the
-#: previous close of every ticker but those suspended longer, which a second query finds.
-_LOOKBACK = dt.timedelta(days=31)
 
 
 def read_stored_day(
     conn: Connection, tickers: Sequence[str], lo: dt.date, hi: dt.date
 ) -> StoredDay:
     """The stored bars of ``tickers`` in ``lo..hi``, and each one's last bar before ``lo`` (the
-    previous close that the plausibility check compares the first new bar with): one query per
-    2,000 tickers, and one more for those whose last bar lies more than a month back."""
+    previous close that the plausibility check compares the first new bar with): per 2,000
+    tickers one range query, and one index seek per ticker for its previous bar."""
     c = prices.c
     sqlite = conn.dialect.name == "sqlite"
     # SQLite stores dates as ISO text: parsed in one numpy call (see load_closes).
@@ -268,23 +276,22 @@ def read_stored_day(
         rows.extend(
             conn.execute(
                 select(*cols).where(
-                    and_(c.ticker.in_(chunk), c.trade_date >= lo - _LOOKBACK, c.trade_date <= hi)
+                    and_(c.ticker.in_(chunk), c.trade_date >= lo, c.trade_date <= hi)
                 )
             ).all()
         )
-    seen_before = {r[0] for r in rows if _as_date(r[1]) < lo}
-    rest = [t for t in names if t not in seen_before]
-    for i in range(0, len(rest), _IN_CHUNK):
-        chunk = rest[i : i + _IN_CHUNK]
-        last = (
-            select(c.ticker, func.max(c.trade_date).label("d"))
-            .where(and_(c.ticker.in_(chunk), c.trade_date < lo - _LOOKBACK))
-            .group_by(c.ticker)
-            .subquery()
+        wanted, ticker = _wanted(conn, chunk)
+        q = prices.alias("q").c
+        previous = (
+            select(func.max(q.trade_date))
+            .where(and_(q.ticker == ticker, q.trade_date < lo))
+            .scalar_subquery()
         )
         rows.extend(
             conn.execute(
-                select(*cols).join(last, and_(last.c.ticker == c.ticker, last.c.d == c.trade_date))
+                select(*cols).select_from(
+                    wanted.join(prices, and_(c.ticker == ticker, c.trade_date == previous))
+                )
             ).all()
         )
     if not rows:
@@ -293,26 +300,21 @@ def read_stored_day(
             np.empty(0, dtype="datetime64[D]"),
             np.empty((0, len(VALUE_COLUMNS))),
         )
-    ticker, day, *values = zip(*rows, strict=True)
+    ticker, day, *vals = zip(*rows, strict=True)
     days = np.asarray(day, dtype="datetime64[D]") if sqlite else as_days(list(day))
-    keep = np.ones(len(rows), dtype=bool)
-    before = days < np.datetime64(lo, "D")
-    if before.any():  # of the bars before lo, only each ticker's last is the previous close
-        names_arr = np.asarray(ticker, dtype=object)
-        order = np.lexsort((days, names_arr))
-        last_of = np.ones(len(rows), dtype=bool)
-        last_of[order[:-1]] = names_arr[order[1:]] != names_arr[order[:-1]]
-        last_of[order[:-1]] |= ~before[order[1:]]
-        keep = ~before | last_of
-    return StoredDay(
-        np.asarray(ticker, dtype=object)[keep],
-        days[keep],
-        np.array(values, dtype="float64").T[keep],
-    )
+    return StoredDay(np.asarray(ticker, dtype=object), days, np.array(vals, dtype="float64").T)
 
 
-def _as_date(value: Any) -> dt.date:
-    return value if isinstance(value, dt.date) else dt.date.fromisoformat(value)
+def _wanted(conn: Connection, tickers: Sequence[str]) -> tuple[Any, Any]:
+    """``tickers`` as a one-column table ``wanted`` (and that column) to drive an index seek
+    per ticker, bound as one parameter: a JSON array on SQLite (``json_each``), an array on
+    Postgres (``unnest``). A VALUES list of 2,000 rows took SQLAlchemy ~0.3 s to compile."""
+    if conn.dialect.name == "postgresql":
+        arr = bindparam("wanted_tickers", list(tickers), type_=ARRAY(String))
+        table = func.unnest(arr).table_valued("ticker").render_derived(name="wanted")
+        return table, table.c.ticker
+    table = func.json_each(json.dumps(list(tickers))).table_valued("value").alias("wanted")
+    return table, table.c.value
 
 
 #: (ticker, day) as one integer: ticker number times this, plus the day number shifted to >= 0.
@@ -490,16 +492,23 @@ def stored_spans(
     conn: Connection, tickers: list[str], *, through: dt.date | None = None
 ) -> dict[str, tuple[dt.date, dt.date]]:
     """The first and last stored trade date of each of ``tickers`` that has rows (on or before
-    ``through``: a future row stored by an older version must not stop new days coming in)."""
+    ``through``: a future row stored by an older version must not stop new days coming in).
+
+    Two index seeks per ticker (a correlated ``min`` and ``max``), not a scan of the history:
+    a ``GROUP BY`` over 5,000 tickers x 10 years read 12.6M index entries on SQLite.
+    """
     if not tickers:
         return {}
     c = prices.c
-    where: ColumnElement[bool] = c.ticker.in_(tickers)
-    if through is not None:
-        where = and_(where, c.trade_date <= through)
-    rows = conn.execute(
-        select(c.ticker, func.min(c.trade_date), func.max(c.trade_date))
-        .where(where)
-        .group_by(c.ticker)
-    ).all()
-    return {t: (lo, hi) for t, lo, hi in rows}
+    out: dict[str, tuple[dt.date, dt.date]] = {}
+    names = sorted(set(tickers))
+    for i in range(0, len(names), _IN_CHUNK):
+        wanted, ticker = _wanted(conn, names[i : i + _IN_CHUNK])
+        where: ColumnElement[bool] = c.ticker == ticker
+        if through is not None:
+            where = and_(where, c.trade_date <= through)
+        first = select(func.min(c.trade_date)).where(where).scalar_subquery()
+        last = select(func.max(c.trade_date)).where(where).scalar_subquery()
+        rows = conn.execute(select(ticker, first, last).select_from(wanted)).all()
+        out.update((t, (lo, hi)) for t, lo, hi in rows if lo is not None)
+    return out
