@@ -10,7 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from forecasting.model.calibration import SHRINK_MAX, gap_widening, series_gates, shrink_factors
+from forecasting.model.calibration import (
+    SHRINK_MAX,
+    VAL_TAIL_WINDOWS,
+    _validation_trust,
+    gap_widening,
+    series_gates,
+    shrink_factors,
+)
 from forecasting.model.inference import predict
 from forecasting.model.lstm import ModelConfig
 from forecasting.model.training import fit
@@ -126,3 +133,11 @@ def test_a_class_whose_validation_the_signal_did_not_help_gets_persistence() -> 
     gates = series_gates(d, e, np.full(h, 0.5), series, ["main", "main", "other", "other"])
     np.testing.assert_array_equal(gates, [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
     np.testing.assert_array_equal(series_gates(d, e, np.full(h, 0.5), series), np.ones((4, h)))
+
+
+def test_a_short_validation_moves_the_long_horizon_band_off_the_training_factor_less() -> None:
+    """The validation tail factor is fully trusted with n / h >= VAL_TAIL_WINDOWS windows and
+    in proportion below, so three tickers' 150 windows move the 10-day band a sixth as far."""
+    trust = _validation_trust(150, 10)
+    np.testing.assert_allclose(trust[[0, 4, 9]], [1.0, 150 / 5 / VAL_TAIL_WINDOWS, 0.15])
+    assert np.all(_validation_trust(34 * 51, 10) == 1.0)
