@@ -15,9 +15,9 @@ trained through the day before the group's window. With the shared data that is 
 through 2017-12 for the panel stocks, through 2021-12 for the indices. ``--split common``
 instead trains a single model through the earliest cutoff and scores every series with it.
 
-Forecasts at ``h = 1, 5, 10`` come from :func:`forecasting.model.inference.predict` on the series cut
-at each origin, all origins of a group batched through one call per chunk (keys
-``"<ticker>@<origin>"``, with the model's stored scaler of the ticker).
+Forecasts at ``h = 1, 5, 10`` come from :func:`forecasting.model.inference.predict` on the
+series' bars (close, high, low, volume) cut at each origin, one call per origin date for all
+series of the group, each under its own ticker as the daily pipeline calls it.
 
 Printed per series and horizon: RMSE in price units as a ratio to persistence (``yhat = close
 at origin``) on the same origins, the same ratio for the tutorial recipe
@@ -49,7 +49,13 @@ if __package__ in (None, ""):  # run as a script (`python benchmarks/accuracy.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.baselines import empirical_forecasts, garch_forecasts  # noqa: E402
-from benchmarks.common import INDEX_TICKERS, choose_panel_tickers, load_indices  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    INDEX_TICKERS,
+    choose_panel_tickers,
+    data_dir,
+    load_indices,
+    panel_path,
+)
 from benchmarks.tutorial_lstm import (  # noqa: E402
     TutorialConfig,
     fit_tutorial,
@@ -65,7 +71,6 @@ HORIZONS = (1, 5, 10)
 TEST_DAYS = 250
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "accuracy.csv"
 DEFAULT_EPOCHS = 5
-PREDICT_CHUNK = 2048  # origins per predict() call: one batched forward pass each
 TARGET_RATIO = 1.00
 TARGET_COVERAGE = (0.75, 0.85)  # per series
 TARGET_POOLED_COVERAGE = (0.77, 0.83)  # per horizon, pooled over series
@@ -109,7 +114,7 @@ class AccuracyResult:
     runs: list[GroupRun] = field(default_factory=list)
 
 
-def _dates(s: pd.Series) -> np.ndarray:
+def _dates(s: pd.Series | pd.DataFrame) -> np.ndarray:
     return np.asarray(pd.to_datetime(pd.Index(s.index)).values, dtype="datetime64[D]")
 
 
@@ -163,7 +168,7 @@ def window_groups(
     return groups
 
 
-def _origins(s: pd.Series, test_after: dt.date) -> np.ndarray:
+def _origins(s: pd.Series | pd.DataFrame, test_after: dt.date) -> np.ndarray:
     """Origin positions of one series: its days after ``test_after`` but the last one (which
     has no target). ``[T]``"""
     after = int(np.searchsorted(_dates(s), np.datetime64(test_after, "D"), side="right"))
@@ -172,22 +177,18 @@ def _origins(s: pd.Series, test_after: dt.date) -> np.ndarray:
 
 def project_forecasts(
     model: TrainedModel,
-    series: Mapping[str, pd.Series],
+    series: Mapping[str, pd.Series | pd.DataFrame],
     test_after: dt.date,
-    *,
-    chunk: int = PREDICT_CHUNK,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``yhat, lower, upper`` (each ``[T, H]``, prices) from every origin of each series.
 
-    The series are cut at each origin and fed to :func:`predict` under keys
-    ``"<ticker>@<origin>"``; the model is given the ticker's stored scaler under each key, so
-    every origin is normalized exactly as the ticker's training data was. Each call holds up to
-    ``chunk`` origins (one forward pass). Tickers the model skipped (too short) are left out.
+    One :func:`predict` call (one batched forward pass) per origin date, with every series
+    cut at that date under its own ticker, exactly as the daily pipeline calls it: the
+    ticker's stored scaler, its board's price limits and its class's signal gate all apply.
+    Tickers the model skipped (too short) are left out.
     """
     L, H = model.config.input_len, model.config.horizon
-    keys: list[tuple[str, int, str]] = []  # (ticker, row in its origin array, key)
-    cut: dict[str, pd.Series] = {}
-    alias: dict[str, dict[str, float]] = {}
+    rounds: dict[pd.Timestamp, dict[str, tuple[int, pd.Series | pd.DataFrame]]] = {}
     out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for tk, s in series.items():
         if tk not in model.scalers:
@@ -196,18 +197,13 @@ def project_forecasts(
         t_all = _origins(s, test_after)
         out[tk] = tuple(np.full((len(t_all), H), np.nan) for _ in range(3))  # type: ignore[assignment]
         for i, t in enumerate(t_all):
-            if t < L:
-                continue
-            key = f"{tk}@{s.index[t]:%Y-%m-%d}"
-            keys.append((tk, i, key))
-            cut[key] = s.iloc[t - L : t + 1]  # [L+1]: predict reads the last L returns
-            alias[key] = model.scalers[tk]
-    aliased = replace(model, scalers=alias)
-    for a in range(0, len(keys), chunk):
-        part = keys[a : a + chunk]
-        paths = predict(aliased, {key: cut[key] for _, _, key in part})
-        for tk, i, key in part:
-            p = paths.get(key)
+            if t >= L:  # predict reads the last L returns: L+1 bars
+                rounds.setdefault(s.index[t], {})[tk] = (i, s.iloc[t - L : t + 1])
+    for day in sorted(rounds):
+        part = rounds[day]
+        paths = predict(model, {tk: cut for tk, (_, cut) in part.items()})
+        for tk, (i, _) in part.items():
+            p = paths.get(tk)
             if p is None:
                 continue
             yhat, lower, upper = out[tk]
@@ -402,9 +398,13 @@ def run_accuracy(
     gap_days: int = 31,
     progress: bool | None = False,
     garch: bool = True,
+    bars: Mapping[str, pd.DataFrame] | None = None,
 ) -> AccuracyResult:
     """Fit one global model per test group, forecast every origin, score against persistence
-    and the tutorial recipe. ``series``: closes per ticker, indexed by trade date, ascending."""
+    and the tutorial recipe. ``series``: closes per ticker, indexed by trade date, ascending;
+    ``bars``: the same days' whole bars (``close``, ``high``, ``low``, ``vol``), which the
+    model reads instead when given (the baselines and the tutorial read closes)."""
+    inputs: Mapping[str, pd.Series | pd.DataFrame] = bars if bars is not None else series
     if max(horizons) > config.horizon:
         raise ValueError(
             f"horizons {tuple(horizons)} reach past the model's horizon={config.horizon}; "
@@ -421,10 +421,12 @@ def run_accuracy(
         t0 = time.perf_counter()
         if group.through not in models:
             # Every series contributes its history up to the cutoff; fit() drops the rest.
-            models[group.through] = fit(series, config, group.through, progress=progress)
+            models[group.through] = fit(inputs, config, group.through, progress=progress)
         model = models[group.through]
         t1 = time.perf_counter()
-        model_fc = project_forecasts(model, members, group.test_after)
+        model_fc = project_forecasts(
+            model, {tk: inputs[tk] for tk in group.tickers}, group.test_after
+        )
         t2 = time.perf_counter()
         tut_fc = tutorial_forecasts(
             members, group.through, group.test_after, train_len, max(horizons), tut_cfg
@@ -437,6 +439,22 @@ def run_accuracy(
             series, group, model_fc, tut_fc, horizons, base, interval=config.interval
         )
     return AccuracyResult(pd.DataFrame(rows, columns=COLUMNS), runs)
+
+
+def load_bars(ticker: str) -> pd.DataFrame:
+    """Whole bars (``close``, ``high``, ``low``, ``vol``) of one index or panel ticker from
+    the shared data, indexed by trade date, ascending (the closes' loaders' files)."""
+    if ticker in INDEX_TICKERS:
+        df = pd.read_csv(data_dir() / "indices" / f"{ticker}.csv", dtype={"trade_date": str})
+        fmt = "%Y-%m-%d"
+    else:
+        df = pd.read_csv(panel_path(ticker), index_col=0, dtype={"trade_date": str})
+        fmt = "%Y%m%d"
+    df.index = pd.DatetimeIndex(pd.to_datetime(df["trade_date"].astype(str), format=fmt))
+    df = df[~df.index.duplicated(keep="last")].sort_index()
+    out: pd.DataFrame = df[["close", "high", "low", "vol"]].apply(pd.to_numeric, errors="coerce")
+    out.index.name = "trade_date"
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -584,6 +602,12 @@ def format_runs(runs: Sequence[GroupRun]) -> str:
             f"val coverage {_f(float(m.calibration.get('val_coverage', math.nan)))}, "
             f"shrink h1/h5/h10 "
             + "/".join(_f(float(shrink[h - 1]), 2) for h in HORIZONS if h <= len(shrink))
+            + (
+                ", band's head weight h1/h5/h10 "
+                + "/".join(_f(float(vw[h - 1]), 2) for h in HORIZONS if h <= len(vw))
+                if (vw := m.calibration.get("vol_weight"))
+                else ""
+            )
             + f"; fit {r.fit_seconds:.0f}s, predict {r.predict_seconds:.1f}s, "
             f"tutorial {r.tutorial_seconds:.1f}s, baselines {r.baseline_seconds:.1f}s"
         )
@@ -676,6 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     series: dict[str, pd.Series] = {} if args.no_indices else load_indices()
     series.update(choose_panel_tickers(limit))
+    bars = {tk: load_bars(tk).reindex(s.index) for tk, s in series.items()}
     print(
         f"accuracy benchmark: {len(series)} series ({sum(t in INDEX_TICKERS for t in series)} "
         f"indices, {limit} panel stocks), last {test_days} trading days each, horizons "
@@ -691,6 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         common=args.split == "common",
         gap_days=args.group_gap,
         garch=not args.no_garch,
+        bars=bars,
     )
     print(format_runs(result.runs))
     print()

@@ -17,4 +17,4 @@ Cell = Literal["lstm", "gru", "rnn"]
 Target = Literal["log_return", "minmax"]
 Loss = Literal["quantile", "mse"]
 # Model inputs per day (forecasting.model.features); a model's set is saved in its config.
-Feature = Literal["return", "abs_return", "gap", "limit_up", "limit_down"]
+Feature = Literal["return", "abs_return", "gap", "limit_up", "limit_down", "range", "volume"]

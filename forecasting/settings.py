@@ -148,7 +148,15 @@ class ModelSettings:
     device: str = "auto"
     shrink: bool = True
     # The inputs per day, "return" first (forecasting.model.features).
-    features: Features = ("return", "abs_return", "gap", "limit_up", "limit_down")
+    features: Features = (
+        "return",
+        "abs_return",
+        "gap",
+        "limit_up",
+        "limit_down",
+        "range",
+        "volume",
+    )
 
 
 @dataclass(frozen=True)

@@ -55,12 +55,42 @@ def load_closes(
     (earlier, else later). Tickers without rows in the window are absent from the result.
     One query for all tickers, then a split on ticker boundaries.
     """
+    frames = _load(conn, ("close",), tickers=tickers, through=through, start=start)
+    return {t: f["close"].rename(t) for t, f in frames.items()}
+
+
+def load_bars(
+    conn: Connection,
+    *,
+    tickers: Sequence[str] | None = None,
+    through: dt.date | None = None,
+    start: dt.date | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Like :func:`load_closes`, but each ticker's bars: a frame with ``close``, ``high``,
+    ``low`` (forward-adjusted like the close) and ``vol`` (the volume, in shares of the last
+    day's split basis), NaN where the source gave none. The model reads the high/low range
+    and the volume change from them (:mod:`forecasting.model.features`)."""
+    return _load(
+        conn, ("close", "high", "low", "volume"), tickers=tickers, through=through, start=start
+    )
+
+
+def _load(
+    conn: Connection,
+    columns: Sequence[str],
+    *,
+    tickers: Sequence[str] | None,
+    through: dt.date | None,
+    start: dt.date | None,
+) -> dict[str, pd.DataFrame]:
+    """``columns`` of ``prices`` per ticker, forward-adjusted (see :func:`load_closes`): prices
+    times ``adj_factor / adj_factor_last``, ``volume`` (returned as ``vol``) divided by it."""
     c = prices.c
     # SQLite stores dates as ISO text; parsing them in one vectorized numpy call is ~10x faster
     # than SQLAlchemy's per-row Date processing, which dominated the daily run's reads.
     raw_dates = conn.dialect.name == "sqlite"
     date_col = type_coerce(c.trade_date, String) if raw_dates else c.trade_date
-    query = select(c.ticker, date_col, c.close, c.adj_factor)
+    query = select(c.ticker, date_col, c.adj_factor, *(c[name] for name in columns))
     conditions: list[ColumnElement[bool]] = []
     if tickers is not None:
         if not tickers:
@@ -75,23 +105,29 @@ def load_closes(
     rows = conn.execute(query.order_by(c.ticker, c.trade_date)).all()
     if not rows:
         return {}
-    names, date_values, close, factor = zip(*rows, strict=True)
+    names, date_values, factor, *values = zip(*rows, strict=True)
     dates: Any = (
         np.asarray(date_values, dtype="datetime64[D]").astype(object) if raw_dates else date_values
     )
-    close_arr = np.asarray(close, dtype="float64")  # [N]
+    arrays = [
+        np.asarray([np.nan if v is None else v for v in col], dtype="float64") for col in values
+    ]
     factor_arr = np.asarray([np.nan if f is None else f for f in factor], dtype="float64")  # [N]
     name_arr = np.asarray(names, dtype=object)
     # Rows arrive sorted by ticker: each ticker is one contiguous slice.
     cuts = np.flatnonzero(name_arr[1:] != name_arr[:-1]) + 1
     bounds = zip(np.r_[0, cuts], np.r_[cuts, len(rows)], strict=True)
-    out: dict[str, pd.Series] = {}
+    out: dict[str, pd.DataFrame] = {}
     for lo, hi in bounds:
         ticker = str(name_arr[lo])
-        values = _qfq(close_arr[lo:hi], factor_arr[lo:hi])
-        out[ticker] = pd.Series(
-            values, index=pd.Index(list(dates[lo:hi]), dtype="object"), name=ticker, copy=False
-        )
+        rel = _qfq(np.ones(hi - lo), factor_arr[lo:hi])  # [T] factor / last factor
+        frame = {
+            ("vol" if name == "volume" else name): (
+                a[lo:hi] / rel if name == "volume" else a[lo:hi] * rel
+            )
+            for name, a in zip(columns, arrays, strict=True)
+        }
+        out[ticker] = pd.DataFrame(frame, index=pd.Index(list(dates[lo:hi]), dtype="object"))
     return out
 
 

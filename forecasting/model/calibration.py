@@ -14,17 +14,20 @@ series' training-span daily std for ``log_return``, min-max scaled prices for ``
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from forecasting.data.price_limits import board_of
 from forecasting.model.lstm import ModelConfig
+from forecasting.model.metrics import interval_score
 
 SCALE_DAYS = 20  # recent-volatility window that scales the interval
 SHRINK_Z = 2.0  # no skill unless the least-squares factor is this many standard errors above 0
 SHRINK_MAX = 2.0  # validation may scale a timid forecast up, but not beyond twice its size
 SPREAD_FLOOR = 0.1  # a head's spread is at least this share of its median spread on validation
+VOL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the heads' share in the band's log spread, tried
 
 
 def rmse(err: np.ndarray) -> float:
@@ -81,6 +84,35 @@ def shrink_factors(
     return np.clip(a_ls * keep, 0.0, SHRINK_MAX), a_ls, se
 
 
+def series_gates(
+    d: np.ndarray,
+    e: np.ndarray,
+    shrink: np.ndarray,
+    series: np.ndarray,
+    classes: Sequence[str] | None = None,
+) -> np.ndarray:
+    """``[S, H]`` 1 where the shrunk signal ``shrink * d`` lowered the validation squared
+    error of series ``s``'s class at horizon ``h``, else 0. ``series [N]``: each window's
+    series number; ``classes [S]``: each series' class (its board, so indices are one class
+    and main-board stocks another), all one class when ``None``.
+
+    The shrink is one factor per horizon for every series, fitted where the signal was on
+    average. A class of series whose own validation windows it did not help is forecast by
+    persistence: a signal that held for the stocks is not pressed on the indices when their
+    validation days disagreed (a global model trained on both learns mostly the stocks'). The
+    test is per class, not per series: sixty validation days of one series cannot tell a real
+    signal from noise (a true AR(1) signal with phi 0.15 shows a validation loss on a quarter
+    of its series), a class of many series can."""
+    n_series = int(series.max()) + 1 if len(series) else 0
+    labels = list(classes) if classes is not None else [""] * n_series
+    _, cls = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
+    gain = np.square(e) - np.square(e - shrink * d)  # [N, H]
+    total = np.zeros((int(cls.max()) + 1 if n_series else 0, d.shape[1]))
+    np.add.at(total, cls[series], gain)  # [C, H] validation gain per class
+    gates: np.ndarray = (total[cls] > 0).astype(np.float64)  # [S, H]
+    return gates
+
+
 def recent_scale(x: np.ndarray, target: str, days: int = SCALE_DAYS) -> np.ndarray:
     """Recent volatility of each input window, in target units per day. ``[N, L] -> [N]``.
 
@@ -102,6 +134,9 @@ def calibrate(
     groups: np.ndarray | None = None,
     scale: np.ndarray | None = None,
     train: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    vol: tuple[np.ndarray, np.ndarray | None] | None = None,
+    series: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Fit the point forecast's drift and shrink and the interval, per horizon, on validation.
 
@@ -113,7 +148,9 @@ def calibrate(
     training years. On real data it is what fails out of sample (A-shares through 2017-10:
     validation favoured it with a least-squares factor of 1, the next 250 days wanted -1.5 to
     -2), so it is removed, and only the window-to-window variation is kept, scaled by
-    :func:`shrink_factors`.
+    :func:`shrink_factors`. With ``series [N]`` (each window's series number) and ``classes
+    [S]`` (each series' board) the signal is also gated per class of series
+    (:func:`series_gates`, stored as ``gate {class: [H]}``, read by :func:`gate_rows`).
 
     Interval (``method = "cqr"``, the quantile loss): conformalized quantile regression. The
     network's tail heads give each window its own spread below and above the median (they
@@ -126,6 +163,12 @@ def calibrate(
     validation and the training one: sixty validation days are one regime, and a calm one
     makes a band that the next turbulent quarter breaks; training errors are in-sample and
     can only be too small, so the larger factor never trusts them more than validation.
+    ``vol = (sigma, train_sigma)``: a volatility forecast per window and horizon
+    (:func:`forecasting.model.volatility.har_sigma`) for the validation and the training
+    windows. Each side's spread is then ``heads^w * sigma^(1 - w)``, a geometric blend whose
+    weight ``w`` per horizon (one of :data:`VOL_WEIGHTS`) is the one whose conformalized band
+    has the lowest interval score on validation: the heads keep the band where they read
+    volatility better than the range's averages do, and hand it to them where not.
     The MSE loss has no tail heads: its band is split-conformal residual quantiles in units
     of the recent volatility (``method = "scaled_residual"``, also what older models stored).
     """
@@ -140,6 +183,10 @@ def calibrate(
     shrink, a_ls, se = shrink_factors(change - drift, y - naive, groups)
     if not cfg.shrink:
         drift, shrink = np.zeros(cfg.horizon), np.ones(cfg.horizon)
+    gate = None
+    if series is not None and classes is not None and cfg.shrink:
+        gates = series_gates(change - drift, y - naive, shrink, series, classes)  # [S, H]
+        gate = gates[series]  # [N, H]
     calib: dict[str, Any] = {
         "interval": cfg.interval,
         "drift": drift.tolist(),
@@ -149,18 +196,40 @@ def calibrate(
         "n_val": int(n),
         "val_rmse_raw": rmse(m - y),
     }
+    if gate is not None and classes is not None:
+        calib["gate"] = {c: gates[i].tolist() for i, c in enumerate(classes)}
     tail = (1.0 - cfg.interval) / 2.0
     level = _conformal_level(n, 1.0 - tail)
     if len(cfg.quantiles) > 1:
         floor = np.maximum(np.median(_spreads(out, cfg, None)[0], axis=0), 1e-6) * SPREAD_FLOOR
         calib.update(method="cqr", spread_floor=floor.tolist())
-        f_lo, f_hi = _cqr_factors(out, y, naive, calib, cfg, level)
-        if train is not None and len(train[1]):
-            t_lo, t_hi = _cqr_factors(train[0], train[1], train[2], calib, cfg, 1.0 - tail)
-            f_lo, f_hi = np.maximum(f_lo, t_lo), np.maximum(f_hi, t_hi)
-        calib.update(f_lo=f_lo.tolist(), f_hi=f_hi.tolist())
+        sigma, t_sigma = vol if vol is not None else (None, None)
+        has_train = train is not None and len(train[1]) > 0
+        if sigma is not None and has_train and t_sigma is None:
+            raise ValueError("calibrate: vol has no training sigma for the training windows")
+        weights = VOL_WEIGHTS if sigma is not None else (1.0,)
+        tried: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (score, f_lo, f_hi)
+        for w in weights:
+            calib["vol_weight"] = [w] * cfg.horizon
+            f_lo, f_hi = _cqr_factors(out, y, naive, calib, cfg, level, sigma, gate)
+            if train is not None and has_train:
+                t_lo, t_hi = _cqr_factors(
+                    train[0], train[1], train[2], calib, cfg, 1.0 - tail, t_sigma
+                )
+                f_lo, f_hi = np.maximum(f_lo, t_lo), np.maximum(f_hi, t_hi)
+            calib.update(f_lo=f_lo.tolist(), f_hi=f_hi.tolist())
+            _, lower, upper = apply_calibration(out, naive, calib, cfg, scale, vol=sigma, gate=gate)
+            score = interval_score(lower, upper, y, 1.0 - cfg.interval)  # [N, H]
+            tried.append((score.mean(axis=0) if n else np.zeros(cfg.horizon), f_lo, f_hi))
+        pick = np.argmin(np.stack([t[0] for t in tried]), axis=0)  # [H] best weight per horizon
+        hs = np.arange(cfg.horizon)
+        f_lo = np.stack([t[1] for t in tried])[pick, hs]  # [H]
+        f_hi = np.stack([t[2] for t in tried])[pick, hs]
+        calib.update(
+            vol_weight=np.asarray(weights)[pick].tolist(), f_lo=f_lo.tolist(), f_hi=f_hi.tolist()
+        )
     else:
-        point = naive + shrink * (change - drift)  # [N, H]
+        point = _point(out, naive, calib, cfg, gate)  # [N, H]
         r = (y - point) / scale[:, None]  # [N, H] residuals in units of recent volatility
         q_lo = np.quantile(r, 1.0 - level, axis=0) if n else np.zeros(cfg.horizon)  # [H]
         q_hi = np.quantile(r, level, axis=0) if n else np.zeros(cfg.horizon)  # [H]
@@ -174,22 +243,32 @@ def calibrate(
         calib.update(
             method="scaled_residual", scale_days=SCALE_DAYS, q_lo=q_lo.tolist(), q_hi=q_hi.tolist()
         )
-    _, lower, upper = apply_calibration(out, naive, calib, cfg, scale)
+    _, lower, upper = apply_calibration(
+        out, naive, calib, cfg, scale, vol=None if vol is None else vol[0], gate=gate
+    )
     calib["val_coverage"] = float(np.mean((y >= lower) & (y <= upper))) if n else math.nan
     return calib
 
 
 def _spreads(
-    out: np.ndarray, config: ModelConfig, calib: Mapping[str, Any] | None
+    out: np.ndarray,
+    config: ModelConfig,
+    calib: Mapping[str, Any] | None,
+    vol: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The tail heads' distance below and above the median, ``[N, H, Q] -> 2 x [N, H]``, each
-    at least the calibration's floor (a collapsed head must not make a zero-width band)."""
+    """The band's spread below and above the median, ``[N, H, Q] -> 2 x [N, H]``: the tail
+    heads' distance from the median, each at least the calibration's floor (a collapsed head
+    must not make a zero-width band), blended with ``vol [N, H]`` by the calibration's
+    ``vol_weight`` (see :func:`calibrate`)."""
     out = np.sort(out, axis=-1)
     m = out[..., config.median_index]
     lo, hi = m - out[..., 0], out[..., -1] - m  # [N, H]
     if calib is not None:
         floor = np.asarray(calib["spread_floor"], dtype=np.float64)  # [H]
         lo, hi = np.maximum(lo, floor), np.maximum(hi, floor)
+        if vol is not None and "vol_weight" in calib:
+            w = np.asarray(calib["vol_weight"], dtype=np.float64)  # [H]
+            lo, hi = lo**w * vol ** (1.0 - w), hi**w * vol ** (1.0 - w)
     return lo, hi
 
 
@@ -200,11 +279,13 @@ def _cqr_factors(
     calib: Mapping[str, Any],
     config: ModelConfig,
     level: float,
+    vol: np.ndarray | None = None,
+    gate: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-horizon factors ``f_lo, f_hi`` ``[H]``: the ``level`` quantile of the errors below
-    and above the point forecast, in units of the heads' spread on that side."""
-    point = _point(out, naive, calib, config)  # [N, H]
-    lo, hi = _spreads(out, config, calib)
+    and above the point forecast, in units of the band's spread on that side."""
+    point = _point(out, naive, calib, config, gate)  # [N, H]
+    lo, hi = _spreads(out, config, calib, vol)
     if not len(y):
         return np.ones(config.horizon), np.ones(config.horizon)
     f_lo = np.quantile((point - y) / lo, level, axis=0)  # [H]
@@ -213,14 +294,30 @@ def _cqr_factors(
 
 
 def _point(
-    out: np.ndarray, naive: np.ndarray, calib: Mapping[str, Any], config: ModelConfig
+    out: np.ndarray,
+    naive: np.ndarray,
+    calib: Mapping[str, Any],
+    config: ModelConfig,
+    gate: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``naive + shrink * (median - naive - drift)``. ``[N, H, Q] -> [N, H]``"""
+    """``naive + gate * shrink * (median - naive - drift)``. ``[N, H, Q] -> [N, H]``"""
     m = np.sort(out, axis=-1)[..., config.median_index]  # [N, H]
     drift = np.asarray(calib["drift"], dtype=np.float64)  # [H]
     shrink = np.asarray(calib["shrink"], dtype=np.float64)  # [H]
+    if gate is not None:
+        shrink = shrink * gate  # [N, H]
     point: np.ndarray = naive + shrink * (m - naive - drift)
     return point
+
+
+def gate_rows(tickers: Sequence[str], calib: Mapping[str, Any], horizon: int) -> np.ndarray:
+    """``[N, H]`` point-signal gates of windows of ``tickers``: their class's (their board,
+    :func:`forecasting.data.price_limits.board_of`) from the calibration's ``gate``, 1 for a
+    class it has none for (a model saved before the gate, a board it never saw)."""
+    gates = calib.get("gate") or {}
+    ones = [1.0] * horizon
+    rows = [gates.get(board_of(t), ones) for t in tickers]
+    return np.asarray(rows, dtype=np.float64).reshape(len(tickers), horizon)
 
 
 def gap_widening(gap: np.ndarray | None, n: int, horizon: int) -> np.ndarray:
@@ -243,17 +340,27 @@ def apply_calibration(
     config: ModelConfig,
     scale: np.ndarray | None = None,
     gap: np.ndarray | None = None,
+    *,
+    vol: np.ndarray | None = None,
+    gate: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point, lower and upper in target units from raw outputs. ``[N, H, Q] -> 3 x [N, H]``.
 
     ``scale [N]`` is each window's :func:`recent_scale` (used by ``scaled_residual`` bands),
     ``gap [N]`` the trading days between each window's last bar and its origin
-    (:func:`gap_widening`). Guarantees ``lower <= point <= upper``.
+    (:func:`gap_widening`), ``vol [N, H]`` each window's volatility forecast (used by ``cqr``
+    bands fitted with one), ``gate [N, H]`` each window's series gate (:func:`series_gates`,
+    1 when absent). Guarantees ``lower <= point <= upper``.
     """
-    point = _point(out, naive, calib, config)  # [N, H]
+    if vol is None and calib.get("vol_weight") is not None and min(calib["vol_weight"]) < 1.0:
+        raise ValueError(
+            "apply_calibration: this calibration blends a volatility forecast into the band; "
+            "pass vol (forecasting.model.volatility.har_sigma of the windows)"
+        )
+    point = _point(out, naive, calib, config, gate)  # [N, H]
     widen = gap_widening(gap, len(point), point.shape[1])  # [N, H]
     if calib.get("method") == "cqr":
-        lo, hi = _spreads(out, config, calib)  # [N, H]
+        lo, hi = _spreads(out, config, calib, vol)  # [N, H]
         below = np.asarray(calib["f_lo"], dtype=np.float64) * lo
         above = np.asarray(calib["f_hi"], dtype=np.float64) * hi
     else:

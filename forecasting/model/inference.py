@@ -13,12 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from forecasting.model import scaling
-from forecasting.model.calibration import apply_calibration, recent_scale, rmse
+from forecasting.model.calibration import apply_calibration, gate_rows, recent_scale, rmse
 from forecasting.model.features import feature_matrix, fit_feature_scaler
 from forecasting.model.metrics import interval_score, ratio_to_naive
 from forecasting.model.trained_model import (
@@ -27,7 +26,8 @@ from forecasting.model.trained_model import (
     forward,
     inference_device,
 )
-from forecasting.model.windows import clean_closes
+from forecasting.model.volatility import har_sigma
+from forecasting.model.windows import Bars, SeriesLike, clean_bars
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +64,44 @@ def _as_date(d: np.datetime64) -> dt.date:
     return dt.date.fromisoformat(str(d.astype("datetime64[D]")))
 
 
-def _scaler_for(
-    model: TrainedModel, ticker: str, past_closes: np.ndarray, past_dates: np.ndarray
-) -> dict[str, float] | None:
+def _scaler_for(model: TrainedModel, ticker: str, past: Bars) -> dict[str, float] | None:
     """The stored scaler, or — for a ticker the model never saw — one fitted on the closes
     passed in, which are the ticker's own past (the caller cuts them at the forecast origin or
     at the model's cutoff). ``None`` when there is too little to fit."""
     params = model.scalers.get(ticker)
     if params is not None:
         return params
-    if len(past_closes) < 2:
+    if len(past.close) < 2:
         return None
-    return fit_feature_scaler(past_closes, past_dates, model.config.target, name=ticker)
+    return fit_feature_scaler(
+        past.close,
+        past.dates,
+        model.config.target,
+        name=ticker,
+        high=past.high,
+        low=past.low,
+        vol=past.vol,
+    )
+
+
+def _features(b: Bars, params: Mapping[str, float], model: TrainedModel, ticker: str) -> np.ndarray:
+    cfg = model.config
+    return feature_matrix(
+        b.close,
+        b.dates,
+        params,
+        cfg.target,
+        cfg.features,
+        ticker,
+        high=b.high,
+        low=b.low,
+        vol=b.vol,
+    )
 
 
 def predict(
     model: TrainedModel,
-    series: Mapping[str, pd.Series],
+    series: Mapping[str, SeriesLike],
     *,
     gaps: Mapping[str, int] | None = None,
 ) -> dict[str, PathForecast]:
@@ -100,16 +121,16 @@ def predict(
     xs: list[np.ndarray] = []
     naive: list[float] = []
     for tk, s in series.items():
-        d, c = clean_closes(s, None)
+        b = clean_bars(s, None)
+        d, c = b.dates, b.close
         if len(c) < L + 1:
             log.debug("no forecast for %s: %d closes, need %d", tk, len(c), L + 1)
             continue
-        params = _scaler_for(model, tk, c, d)
+        params = _scaler_for(model, tk, b)
         if params is None:
             continue
         tail = c[-(L + 1) :]  # [L+1]
-        feats = feature_matrix(tail, d[-(L + 1) :], params, cfg.target, cfg.features, tk)
-        xs.append(feats[1:])  # [L+1, F] -> [L, F]
+        xs.append(_features(b.tail(L + 1), params, model, tk)[1:])  # [L+1, F] -> [L, F]
         naive.append(
             0.0
             if cfg.target == "log_return"
@@ -124,7 +145,11 @@ def predict(
     nv = np.repeat(np.asarray(naive)[:, None], cfg.horizon, axis=1)  # [S, H]
     scale = recent_scale(x[..., 0].numpy(), cfg.target)  # [S]
     gap = np.array([(gaps or {}).get(tk, 0) for tk, *_ in keep], dtype=np.float64)  # [S]
-    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg, scale, gap)
+    vol = har_sigma(x.numpy(), model.calibration, cfg.features)  # [S, H] or None
+    gate = gate_rows([tk for tk, *_ in keep], model.calibration, cfg.horizon)  # [S, H]
+    point, lower, upper = apply_calibration(
+        out, nv, model.calibration, cfg, scale, gap, vol=vol, gate=gate
+    )
     result = {}
     for i, (tk, origin, base, params) in enumerate(keep):
         yhat = scaling.to_price(point[i], base, params, cfg.target)  # [H]
@@ -138,7 +163,7 @@ def predict(
 
 def score(
     model: TrainedModel,
-    series: Mapping[str, pd.Series],
+    series: Mapping[str, SeriesLike],
     *,
     after: dt.date,
     through: dt.date,
@@ -154,14 +179,14 @@ def score(
     cfg = model.config
     L, H = cfg.input_len, cfg.horizon
     after64 = np.datetime64(after, "D")
-    xs, ys, nvs, masks = [], [], [], []
+    xs, ys, nvs, masks, gates = [], [], [], [], []
     for tk, s in series.items():
-        d, c = clean_closes(s, through)
+        b = clean_bars(s, through)
+        d, c = b.dates, b.close
         n = len(c)
         if n < L + 2:
             continue
-        past = d <= after64
-        params = _scaler_for(model, tk, c[past], d[past])
+        params = _scaler_for(model, tk, b.head(int(np.sum(d <= after64))))
         if params is None:
             continue
         first_origin = max(int(np.searchsorted(d, after64, "left")), L)
@@ -169,7 +194,7 @@ def score(
         if first_origin > n - 2 or first_target > n - 1:
             continue
         t = np.arange(first_origin, n - 1)  # [T] origins with at least one target
-        x = feature_matrix(c, d, params, cfg.target, cfg.features, tk)  # [n, F]
+        x = _features(b, params, model, tk)  # [n, F]
         lv = np.concatenate([scaling.levels(c, params, cfg.target), np.full(H, np.nan)])
         lvw = sliding_window_view(lv, H + 1)[t]  # [T, H+1]
         pos = t[:, None] + np.arange(1, H + 1)  # [T, H] target positions
@@ -184,6 +209,7 @@ def score(
             ys.append(lvw[:, 1:])
             nvs.append(np.repeat(lvw[:, :1], H, axis=1))
         masks.append(mask)
+        gates.append(gate_rows([tk] * len(t), model.calibration, H))  # [T, H]
     if not xs:
         return Score(math.nan, math.nan, 0)
     x_all = torch.from_numpy(np.concatenate(xs).astype(np.float32))  # [N, L, F]
@@ -191,7 +217,11 @@ def score(
     out = forward(build_network(model, device), x_all.to(device)).numpy()  # [N, H, Q]
     y, nv, mask = np.concatenate(ys), np.concatenate(nvs), np.concatenate(masks)  # [N, H]
     scale = recent_scale(x_all[..., 0].numpy(), cfg.target)  # [N]
-    point, lower, upper = apply_calibration(out, nv, model.calibration, cfg, scale)
+    vol = har_sigma(x_all.numpy(), model.calibration, cfg.features)  # [N, H] or None
+    gate = np.concatenate(gates)  # [N, H]
+    point, lower, upper = apply_calibration(
+        out, nv, model.calibration, cfg, scale, vol=vol, gate=gate
+    )
     y = np.where(mask, y, 0.0)  # masked targets may be NaN (past the series end)
     # An h-step log-return has ~sqrt(h) times the spread of a one-step one; dividing by sqrt(h)
     # puts every horizon in the same unit (about 1 on the training span), so an absolute

@@ -22,12 +22,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
+from forecasting.data.price_limits import board_of
 from forecasting.errors import InputError
-from forecasting.model.calibration import apply_calibration, calibrate, recent_scale, rmse
+from forecasting.model.calibration import (
+    apply_calibration,
+    calibrate,
+    gate_rows,
+    recent_scale,
+    rmse,
+)
 from forecasting.model.features import fit_feature_scaler
 from forecasting.model.linear_start import start_skip
 from forecasting.model.lstm import ModelConfig, SeqForecaster
@@ -40,7 +46,16 @@ from forecasting.model.trained_model import (
     forward,
     load_weights,
 )
-from forecasting.model.windows import Panel, TensorWindows, build_panel, clean_closes, origins
+from forecasting.model.volatility import fit_har, har_sigma, window_variance
+from forecasting.model.windows import (
+    Bars,
+    Panel,
+    SeriesLike,
+    TensorWindows,
+    build_panel,
+    clean_bars,
+    origins,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +145,7 @@ class Dataset:
 
 
 def build_dataset(
-    series: Mapping[str, pd.Series],
+    series: Mapping[str, SeriesLike],
     config: ModelConfig,
     through: dt.date,
     *,
@@ -145,11 +160,13 @@ def build_dataset(
     min_len = L + H + V + MIN_TRAIN_WINDOWS
     closes: dict[str, np.ndarray] = {}
     dates: dict[str, np.ndarray] = {}
+    bars: dict[str, Bars] = {}
     scalers: dict[str, dict[str, float]] = {}
     for tk, s in series.items():
-        d, c = clean_closes(s, through)
+        b = clean_bars(s, through)
         if days > 0:
-            d, c = d[-(days + L) :], c[-(days + L) :]
+            b = b.tail(days + L)
+        d, c = b.dates, b.close
         if len(c) < min_len:
             log.info(
                 "skipping %s: %d usable closes through %s, need %d (input_len+horizon+val_days+%d)",
@@ -164,14 +181,17 @@ def build_dataset(
         if init is not None and tk in init.scalers:
             scalers[tk] = dict(init.scalers[tk])
         else:
-            scalers[tk] = fit_feature_scaler(c[:fit_end], d[:fit_end], config.target, name=tk)
-        closes[tk], dates[tk] = c, d
+            f = b.head(fit_end)
+            scalers[tk] = fit_feature_scaler(
+                f.close, f.dates, config.target, name=tk, high=f.high, low=f.low, vol=f.vol
+            )
+        closes[tk], dates[tk], bars[tk] = c, d, b
     if not closes:
         raise InputError(
             f"no series has enough history through {through}: each needs at least {min_len} "
             "closes; ingest more history or lower input_len/val_days"
         )
-    panel = build_panel(closes, dates, scalers, config.target, config.features)
+    panel = build_panel(closes, dates, scalers, config.target, config.features, bars)
     n = panel.lengths  # [S]
     val_start = n - V  # [S] local position of the first validation target
     train_idx = origins(panel, L, H, np.zeros_like(n), val_start - 1 - H)  # targets < val_start
@@ -181,7 +201,7 @@ def build_dataset(
 
 
 def fit(
-    series: Mapping[str, pd.Series],
+    series: Mapping[str, SeriesLike],
     config: ModelConfig,
     through: dt.date,
     *,
@@ -253,11 +273,36 @@ def fit(
             tw.naive(tidx).double().cpu().numpy(),  # [Ns, H]
             recent_scale(xt[..., 0].cpu().numpy(), config.target),  # [Ns]
         )
+        xt_np, xv_np = xt.cpu().numpy(), xv.cpu().numpy()
     flat_dates = np.concatenate(panel.dates).astype(np.int64)  # [N] day numbers
+    vol: tuple[np.ndarray, np.ndarray | None] | None = None
+    har: dict[str, object] = {}
+    if config.target == "log_return" and len(config.quantiles) > 1 and len(sample):
+        # Each training window's next H days' variance proxies, for the HAR fit.
+        v_all = window_variance(panel.inputs[None], config.features)[0]  # [N]
+        ahead = np.lib.stride_tricks.sliding_window_view(v_all, H + 1)[np.sort(sample)][:, 1:]
+        har = {"har": fit_har(xt_np, ahead, config.features)}
+        sigma = har_sigma(xv_np, har, config.features)
+        if sigma is not None:
+            vol = (sigma, har_sigma(xt_np, har, config.features))
+    series_of = np.searchsorted(panel.offsets, val_idx, side="right") - 1  # [Nv]
     calibration = calibrate(
-        out, y, naive, config, groups=flat_dates[val_idx], scale=scale, train=train_calib
+        out,
+        y,
+        naive,
+        config,
+        groups=flat_dates[val_idx],
+        scale=scale,
+        train=train_calib,
+        vol=vol,
+        series=series_of,
+        classes=[board_of(tk) for tk in panel.tickers],
     )
-    point = apply_calibration(out, naive, calibration, config, scale)[0]
+    if vol is not None:
+        calibration.update(har)
+    gate = gate_rows([panel.tickers[i] for i in series_of], calibration, H)  # [Nv, H]
+    val_vol = None if vol is None else vol[0]
+    point = apply_calibration(out, naive, calibration, config, scale, vol=val_vol, gate=gate)[0]
     model = TrainedModel(
         config=config,
         state_dict={k: v.detach().cpu().clone() for k, v in best_state.items()},
@@ -289,7 +334,7 @@ def fit(
 
 
 def fit_per_ticker(
-    series: Mapping[str, pd.Series],
+    series: Mapping[str, SeriesLike],
     config: ModelConfig,
     through: dt.date,
     *,

@@ -25,27 +25,68 @@ from numpy.lib.stride_tricks import sliding_window_view
 from forecasting.model import scaling
 from forecasting.model.features import feature_matrix
 
+BAR_COLUMNS = ("high", "low", "vol")  # what a bar may carry beyond its close
+SeriesLike = pd.Series | pd.DataFrame  # a series' closes, or its bars with a "close" column
 
-def clean_closes(s: pd.Series, through: dt.date | None) -> tuple[np.ndarray, np.ndarray]:
-    """Dates (``datetime64[D]``) and closes of one series, ascending, finite and positive,
-    with everything after ``through`` dropped (defense in depth: leakage is designed out)."""
-    if len(s) == 0:
-        return np.empty(0, dtype="datetime64[D]"), np.empty(0)
-    dates = np.asarray(pd.to_datetime(pd.Index(s.index)).values, dtype="datetime64[D]")
-    closes = pd.to_numeric(pd.Series(s.to_numpy(), copy=False), errors="coerce").to_numpy(
+
+@dataclass(frozen=True)
+class Bars:
+    """One series' bars, ascending, finite positive closes only: ``dates`` (``datetime64[D]``),
+    ``close`` and the optional ``high``, ``low``, ``vol`` (NaN where a source gave none)."""
+
+    dates: np.ndarray
+    close: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    vol: np.ndarray
+
+    def tail(self, n: int) -> Bars:
+        """The last ``n`` bars."""
+        return Bars(*(a[-n:] for a in (self.dates, self.close, self.high, self.low, self.vol)))
+
+    def head(self, n: int) -> Bars:
+        """The first ``n`` bars."""
+        return Bars(*(a[:n] for a in (self.dates, self.close, self.high, self.low, self.vol)))
+
+
+def _numbers(values: object, n: int) -> np.ndarray:
+    if values is None:
+        return np.full(n, np.nan)
+    return pd.to_numeric(pd.Series(values, copy=False), errors="coerce").to_numpy(
         dtype=np.float64, na_value=np.nan
     )
+
+
+def clean_bars(s: SeriesLike, through: dt.date | None) -> Bars:
+    """The bars of one series, ascending, with finite positive closes, everything after
+    ``through`` dropped (defense in depth: leakage is designed out). ``s`` is a Series of
+    closes or a frame with a ``close`` column and any of :data:`BAR_COLUMNS`."""
+    if len(s) == 0:
+        empty = np.empty(0)
+        return Bars(np.empty(0, dtype="datetime64[D]"), empty, empty, empty, empty)
+    dates = np.asarray(pd.to_datetime(pd.Index(s.index)).values, dtype="datetime64[D]")
+    n = len(dates)
+    if isinstance(s, pd.DataFrame):
+        cols = [_numbers(s[c].to_numpy() if c in s.columns else None, n) for c in BAR_COLUMNS]
+        closes = _numbers(s["close"].to_numpy(), n)
+    else:
+        cols = [np.full(n, np.nan) for _ in BAR_COLUMNS]
+        closes = _numbers(s.to_numpy(), n)
     ok = np.isfinite(closes) & (closes > 0)
     if through is not None:
         ok &= dates <= np.datetime64(through, "D")
-    dates, closes = dates[ok], closes[ok]
-    order = np.argsort(dates, kind="stable")
-    dates, closes = dates[order], closes[order]
-    if len(dates) > 1:
+    order = np.flatnonzero(ok)[np.argsort(dates[ok], kind="stable")]
+    d = dates[order]
+    if len(d) > 1:
         # A duplicated date keeps its last value, as a re-sent bar would.
-        last = np.r_[dates[1:] != dates[:-1], True]
-        dates, closes = dates[last], closes[last]
-    return dates, closes
+        order = order[np.r_[d[1:] != d[:-1], True]]
+    return Bars(dates[order], closes[order], *(c[order] for c in cols))
+
+
+def clean_closes(s: SeriesLike, through: dt.date | None) -> tuple[np.ndarray, np.ndarray]:
+    """Dates (``datetime64[D]``) and closes of one series (:func:`clean_bars`)."""
+    b = clean_bars(s, through)
+    return b.dates, b.close
 
 
 @dataclass(frozen=True)
@@ -81,9 +122,11 @@ def build_panel(
     scalers: Mapping[str, Mapping[str, float]],
     target: str,
     features: Sequence[str] = ("return",),
+    bars: Mapping[str, Bars] | None = None,
 ) -> Panel:
     """Concatenate the scaled series. ``closes[t]`` and ``dates[t]`` are aligned, ascending;
-    ``features`` names the input columns (the first must be ``return``)."""
+    ``features`` names the input columns (the first must be ``return``); ``bars[t]``, aligned
+    with them, gives the high, low and volume that the ``range`` and ``volume`` inputs read."""
     if not features or features[0] != "return":
         raise ValueError(f"features must start with 'return', got {tuple(features)}")
     tickers = list(closes)
@@ -97,7 +140,9 @@ def build_panel(
     for s, t in enumerate(tickers):  # a loop over series, never over windows
         a, b = offsets[s], offsets[s + 1]
         params = dict(scalers[t])
-        feats = feature_matrix(closes[t], dates[t], params, target, features, t)  # [n_s, F]
+        bar = (bars or {}).get(t)
+        extra = {} if bar is None else {"high": bar.high, "low": bar.low, "vol": bar.vol}
+        feats = feature_matrix(closes[t], dates[t], params, target, features, t, **extra)
         xs = feats[:, 0].astype(np.float64)  # [n_s] the return column
         lv = scaling.levels(closes[t], params, target)  # [n_s]
         x[a:b] = feats[:, 0]

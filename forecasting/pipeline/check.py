@@ -10,15 +10,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
 from sqlalchemy.engine import Engine
 
-from forecasting.data.prices import load_closes
+from forecasting.data.prices import load_bars
 from forecasting.model import registry
 from forecasting.model.inference import score
 from forecasting.model.metrics import ratio_to_naive
 from forecasting.model.registry import CheckpointError, VersionInfo
 from forecasting.model.trained_model import TrainedModel
+from forecasting.model.windows import SeriesLike
 from forecasting.pipeline.config import RunSettings
 from forecasting.pipeline.retrain_policy import (
     Action,
@@ -99,7 +99,7 @@ def check_scope(
             start = lookback_start(
                 info.trained_through, model.config.input_len + model.config.horizon
             )
-            series = load_closes(conn, tickers=list(tickers), through=as_of, start=start)
+            series = load_bars(conn, tickers=list(tickers), through=as_of, start=start)
             s = score(
                 model, series, after=evidence_after, through=as_of, window=policy.check_window
             )
@@ -220,7 +220,7 @@ BASELINE_KEY = "check_baseline_rmse"
 
 
 def validation_baseline(
-    model: TrainedModel, series: Mapping[str, pd.Series], through: dt.date
+    model: TrainedModel, series: Mapping[str, SeriesLike], through: dt.date
 ) -> float:
     """The model's RMSE on its own validation span (the last ``val_days`` trading days up to
     ``through``), in exactly the units of the drift check, so the two can be compared."""
@@ -230,7 +230,7 @@ def validation_baseline(
     return score(model, series, after=start, through=through, window=model.config.val_days).rmse
 
 
-def _unseen_days(series: Mapping[str, pd.Series], after: dt.date) -> int:
+def _unseen_days(series: Mapping[str, SeriesLike], after: dt.date) -> int:
     dates: set[dt.date] = set()
     for s in series.values():
         dates.update(d for d in s.index if d > after)
@@ -238,7 +238,7 @@ def _unseen_days(series: Mapping[str, pd.Series], after: dt.date) -> int:
 
 
 def validation_start(
-    series: Mapping[str, pd.Series], as_of: dt.date, val_days: int
+    series: Mapping[str, SeriesLike], as_of: dt.date, val_days: int
 ) -> dt.date | None:
     """The day before the last ``val_days`` trading days up to ``as_of`` (the span a model
     validates on), or ``None`` when the series are shorter."""

@@ -18,10 +18,11 @@ from forecasting.data.calendar import (
     TradingCalendar,
     ticker_calendar,
 )
-from forecasting.data.prices import load_closes
+from forecasting.data.prices import load_bars
 from forecasting.data.schema import prices, securities
 from forecasting.model import registry
 from forecasting.model.inference import predict
+from forecasting.model.windows import SeriesLike
 from forecasting.pipeline.config import RunSettings
 from forecasting.pipeline.forecast_store import (
     stage_forecasts,
@@ -128,13 +129,13 @@ def forecast(
             cfg = model.config
             need = max(policy.min_history, cfg.input_len + 1)
             start = lookback_start(as_of, max(need, cfg.input_len) + 5)
-            series = load_closes(conn, tickers=list(tickers), through=as_of, start=start)
+            series = load_bars(conn, tickers=list(tickers), through=as_of, start=start)
             counts = _history_counts(conn, tickers, as_of)
             # Delisted, suspended and newly listed tickers (forecasting.pipeline.listings).
             events = load_listing_events(
                 conn, list(tickers), as_of, {t: s.index[-1] for t, s in series.items()}, cal
             )
-            eligible: dict[str, pd.Series] = {}
+            eligible: dict[str, pd.DataFrame] = {}
             for t in tickers:
                 s = series.get(t)
                 if s is None or s.empty:
@@ -193,7 +194,7 @@ def forecast(
 
 
 def ticker_calendars(
-    conn: Connection, series: Mapping[str, pd.Series], a_shares: TradingCalendar
+    conn: Connection, series: Mapping[str, SeriesLike], a_shares: TradingCalendar
 ) -> dict[str, TradingCalendar]:
     """Each ticker's own calendar (:func:`forecasting.data.calendar.ticker_calendar`): the
     run's A-share calendar for XSHG tickers, the library's XNYS for US ones, and for a ticker

@@ -16,7 +16,7 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Connection, Engine
 
 from forecasting.data.locks import scope_lock
-from forecasting.data.prices import load_closes
+from forecasting.data.prices import load_bars
 from forecasting.data.schema import model_checks
 from forecasting.errors import InputError
 from forecasting.model import registry
@@ -85,10 +85,10 @@ def _model_config(settings: RunSettings) -> ModelConfig:
 
 def _training_series(
     conn: Connection, settings: RunSettings, tickers: Sequence[str], as_of: dt.date
-) -> dict[str, pd.Series]:
+) -> dict[str, pd.DataFrame]:
     cfg = settings.model
     start = lookback_start(as_of, cfg.history_days + cfg.input_len + cfg.horizon)
-    return load_closes(conn, tickers=list(tickers), through=as_of, start=start)
+    return load_bars(conn, tickers=list(tickers), through=as_of, start=start)
 
 
 def apply_decision(

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
 
-from forecasting.data.prices import last_price_dates, load_closes, price_summary
+from forecasting.data.prices import last_price_dates, load_bars, load_closes, price_summary
 from forecasting.data.schema import prices, securities
 
 D = dt.date
@@ -139,3 +139,25 @@ def test_summary_and_last_dates(stored: Engine) -> None:
         ("C.SH", None, DAYS[0], DAYS[7], 8),
     ]
     assert last == {"A.SH": DAYS[9], "B.SZ": DAYS[4], "C.SH": DAYS[7]}
+
+
+def test_bars_adjust_high_and_low_like_the_close_and_volume_inversely(engine: Engine) -> None:
+    """load_bars: high and low forward-adjusted by the same factor as the close, the volume
+    divided by it (shares on the last day's basis), NaN where not stored; its close column
+    is load_closes' series."""
+    rows = _rows("C.SH", [20.0, 22.0, 11.0, 12.0], [1, 1, 2, 2])
+    for r, hi, lo, vol in zip(
+        rows, [21, 23, 12, 13], [19, 21, 10, None], [100, 100, 200, 200], strict=True
+    ):
+        r.update(high=hi, low=lo, volume=vol)
+    with engine.begin() as conn:
+        conn.execute(insert(prices), rows)
+    with engine.connect() as conn:
+        bars = load_bars(conn, tickers=["C.SH"])["C.SH"]
+        closes = load_closes(conn, tickers=["C.SH"])["C.SH"]
+    np.testing.assert_allclose(bars["close"].to_numpy(), closes.to_numpy())
+    np.testing.assert_allclose(bars["high"].to_numpy(), [10.5, 11.5, 12.0, 13.0])
+    np.testing.assert_allclose(bars["low"].to_numpy()[:3], [9.5, 10.5, 10.0])
+    assert np.isnan(bars["low"].iloc[-1])
+    np.testing.assert_allclose(bars["vol"].to_numpy(), [200.0, 200.0, 200.0, 200.0])
+    assert list(bars.index) == list(closes.index)

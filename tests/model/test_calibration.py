@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from forecasting.model.calibration import SHRINK_MAX, gap_widening, shrink_factors
+from forecasting.model.calibration import SHRINK_MAX, gap_widening, series_gates, shrink_factors
 from forecasting.model.inference import predict
 from forecasting.model.lstm import ModelConfig
 from forecasting.model.training import fit
@@ -112,3 +112,17 @@ def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_v
     assert 0.75 <= coverage[0] <= 0.85, coverage
     assert np.all((coverage >= 0.72) & (coverage <= 0.88)), coverage
     assert np.corrcoef(width, true_sd)[0, 1] > 0.3
+
+
+def test_a_class_whose_validation_the_signal_did_not_help_gets_persistence() -> None:
+    """Series 0-1 (class "main") follow the prediction, series 2-3 ("other") go the other
+    way: the pooled shrink is kept for the first class and gated to 0 (persistence) for the
+    second, per horizon; without classes every series keeps it (the pooled gain is > 0)."""
+    rng = np.random.default_rng(2)
+    n, h = 800, 2
+    series = np.repeat([0, 1, 2, 3], n // 4)
+    d = rng.normal(size=(n, h))
+    e = np.where(series[:, None] < 2, d, -0.2 * d) + 0.5 * rng.normal(size=(n, h))
+    gates = series_gates(d, e, np.full(h, 0.5), series, ["main", "main", "other", "other"])
+    np.testing.assert_array_equal(gates, [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(series_gates(d, e, np.full(h, 0.5), series), np.ones((4, h)))

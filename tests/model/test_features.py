@@ -65,3 +65,72 @@ def test_limit_flags_follow_the_board_and_its_date() -> None:
     assert chinext_2021[:, 1:].sum() == 0
     index = feature_matrix(c, days, params, "log_return", cols, "000300.SH")
     assert index[:, 1:].sum() == 0
+
+
+def _bars(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Closes with a high/low range around them and a volume, indexed by date."""
+    rng = np.random.default_rng(seed)
+    c, d = _closes(n, seed)
+    spread = np.exp(np.abs(rng.normal(0, 0.015, n)))
+    index = [dt.date.fromisoformat(str(x)) for x in d]
+    return pd.DataFrame(
+        {"close": c, "high": c * spread, "low": c / spread, "vol": rng.uniform(1e5, 2e5, n)},
+        index=index,
+    )
+
+
+def test_a_planted_future_range_or_volume_spike_moves_nothing_before_it() -> None:
+    """A tenfold high/low range and a hundredfold volume planted after the training span
+    change neither the scaler nor any input row before them, and do change the rows at them."""
+    bars = _bars()
+    through = bars.index[-40]
+    spiked = bars.copy()
+    spiked.iloc[-20:, spiked.columns.get_loc("high")] *= 10.0
+    spiked.iloc[-20:, spiked.columns.get_loc("vol")] *= 100.0
+    cfg = ModelConfig(input_len=20, horizon=5, val_days=20, history_days=0, hidden_size=4)
+    a = build_dataset({"A.SH": bars}, cfg, through)
+    b = build_dataset({"A.SH": spiked}, cfg, through)
+    assert a.scalers == b.scalers and "range_ratio" in a.scalers["A.SH"]
+    np.testing.assert_array_equal(a.panel.inputs, b.panel.inputs)
+    params = a.scalers["A.SH"]
+    d = np.asarray(pd.to_datetime(pd.Index(bars.index)).values, dtype="datetime64[D]")
+
+    def rows(f: pd.DataFrame) -> np.ndarray:
+        cols = {k: f[k].to_numpy() for k in ("high", "low", "vol")}
+        return feature_matrix(
+            f["close"].to_numpy(), d, params, "log_return", FEATURES, "A.SH", **cols
+        )
+
+    full, moved = rows(bars), rows(spiked)
+    np.testing.assert_array_equal(full[:-20], moved[:-20])
+    ri, vi = FEATURES.index("range"), FEATURES.index("volume")
+    assert np.all(moved[-19:, ri] > full[-19:, ri])  # the range input sees the wider bars
+    assert moved[-20, vi] > full[-20, vi]  # the volume change into the spike
+
+
+def test_the_range_input_is_centred_and_falls_back_to_the_return_without_bars() -> None:
+    """On the training span the range input averages 0; a series of closes only (no high or
+    low) still gets a range input, from its squared returns, and a zero volume change."""
+    bars = _bars()
+    d = np.asarray(pd.to_datetime(pd.Index(bars.index)).values, dtype="datetime64[D]")
+    c, hi, lo, vol = (bars[k].to_numpy() for k in ("close", "high", "low", "vol"))
+    params = fit_feature_scaler(
+        c[:200], d[:200], "log_return", high=hi[:200], low=lo[:200], vol=vol[:200]
+    )
+    x = feature_matrix(
+        c[:200],
+        d[:200],
+        params,
+        "log_return",
+        FEATURES,
+        "A.SH",
+        high=hi[:200],
+        low=lo[:200],
+        vol=vol[:200],
+    )
+    ri, vi = FEATURES.index("range"), FEATURES.index("volume")
+    assert abs(x[1:, ri].mean()) < 1e-5 and abs(x[1:, vi].mean()) < 1e-5
+    closes_only = fit_feature_scaler(c[:200], d[:200], "log_return")
+    y = feature_matrix(c[:200], d[:200], closes_only, "log_return", FEATURES, "A.SH")
+    assert abs(y[1:, ri].mean()) < 1e-5 and np.all(y[:, vi] == 0.0)
+    assert np.corrcoef(y[1:, ri], np.log(np.diff(np.log(c[:200])) ** 2))[0, 1] > 0.9
