@@ -6,7 +6,9 @@ own, read from ``getrusage``):
 1. generate: the market (a seeded random walk per ticker, clipped to the +-10% limit, with OHLC,
    volume and amount) written into ``prices`` through the ingest's own upsert; the next day's
    bars are kept for the stub. Not a target; its time is printed.
-2. model: one global model trained on a few tickers, so the daily run has a champion (not timed).
+2. model: for each size, a short fit of the global model on that size's tickers, so the daily
+   run of each size has a champion (a run restricted to some tickers runs in a lineage of its
+   own, with its own models); not a target.
 3. ingest: the next day for all N tickers through the by-date path: the real tushare client
    against the local stub (``tests/tushare_stub.py``), which counts the calls. Targets: <= 3
    calls for the day (plus trade_cal and stock_basic), and <= 10 s on SQLite.
@@ -35,6 +37,7 @@ import datetime as dt  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -190,13 +193,15 @@ def _settings(url: str, **model: Any) -> Any:
     return Settings(database_url=url, model=ModelSettings(**model))
 
 
-def step_model(url: str, n: int) -> dict[str, Any]:
-    """A champion for the daily run: a short fit on ``n`` tickers."""
+def step_model(url: str, sizes: list[int]) -> dict[str, Any]:
+    """A champion for the daily run of each size: one short fit on that size's tickers (in
+    the lineage a run restricted to them uses)."""
     from forecasting.pipeline.refit import train
 
     t0 = time.perf_counter()
     s = _settings(url, max_epochs=1, windows_per_epoch=5000)
-    train(_engine(url), s, tickers=market_tickers(n))
+    for n in sizes:
+        train(_engine(url), s, tickers=market_tickers(n))
     return {"seconds": time.perf_counter() - t0, "peak_mib": peak_mib()}
 
 
@@ -336,13 +341,18 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path) -> dict[st
     try:
         day_file = work / f"{backend}-increment.json"
         done_file = work / f"{backend}-generated.json"
+        pristine = work / "market-generated.db"  # the market before the increment
         if backend == "sqlite" and done_file.exists():  # --work: reuse the generated market
             out["generate"] = json.loads(done_file.read_text(encoding="utf-8"))
+            shutil.copyfile(pristine, work / "market.db")
         else:
             out["generate"] = run_step(
                 "generate", url=url, n=n, years=args.years, out=str(day_file)
             )
-            out["model"] = run_step("model", url=url, n=min(30, n))
+            out["model"] = run_step("model", url=url, sizes=sizes)
+            print(f"  [{backend}] champions for {sizes}: {out['model']}", flush=True)
+            if backend == "sqlite":
+                shutil.copyfile(work / "market.db", pristine)
             done_file.write_text(json.dumps(out["generate"]), encoding="utf-8")
         print(f"  [{backend}] generated {out['generate']}", flush=True)
         rows = json.loads(day_file.read_text(encoding="utf-8"))
@@ -383,10 +393,23 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     n = max(sizes)
     print()
     print(f"Whole market: {n} tickers x {args.years} years, increment day {INCREMENT_DAY}")
+    print(
+        f"Run: backends {args.backends}; daily runs at {args.sizes} tickers; retrain on "
+        f"{args.retrain_backends or 'none'}"
+        + (
+            f" at {args.retrain_size or n} tickers, {args.epochs} epochs of {args.budget} windows"
+            if args.retrain_backends not in ("", "none")
+            else ""
+        )
+        + "; the ingest re-reads no day (reread_days 0: each re-read day costs 2 calls more)"
+    )
     for r in results:
         b = r["backend"]
         g, ing, calls = r["generate"], r["ingest"], r["calls"]
-        print(f"\n[{b}] generated {g['rows']:,} rows in {g['seconds']:.0f} s (not a target)")
+        print(
+            f"\n[{b}] generated {g['rows']:,} rows in {g['seconds']:.0f} s with a bulk load "
+            f"(not a target), peak {g['peak_mib']:.0f} MiB"
+        )
         by_day = calls.get("daily", 0) + calls.get("adj_factor", 0)
         print(
             f"  ingest of the day, {n} tickers: {ing['seconds']:.2f} s wall, "

@@ -55,6 +55,7 @@ from forecasting.data.interrupts import Interrupted, Interrupts
 from forecasting.data.listings import st_spans
 from forecasting.data.prices import (
     StoredDay,
+    StoredRows,
     read_stored,
     read_stored_day,
     stored_spans,
@@ -490,6 +491,7 @@ def _run(
     source = by_date
 
     ingested_at = _now()
+    known = _known(engine, names)
     landed: dict[str, TickerReport] = {}
     if isinstance(source, DayBatchSource) and plan.whole_day:
         served = [t for t in names if source.covers(t)]
@@ -520,6 +522,7 @@ def _run(
                     plan,
                     stored.get(ticker),
                     guard,
+                    known,
                 )
             except Exception as exc:  # one ticker's failure must not lose the others
                 tr.error = (
@@ -658,6 +661,31 @@ def _land_whole_day(
     return reports
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What the per-ticker path looks up for every ticker, read once per run: listing dates
+    (they exempt the first trading days from the limit), ST spans, and which tickers have any
+    stored row (the others have nothing to compare with: no read)."""
+
+    listed: dict[str, dt.date]
+    st: dict[str, list[tuple[dt.date, dt.date | None]]]
+    has_rows: set[str]
+
+
+def _known(engine: Engine, names: list[str]) -> _Known:
+    listed: dict[str, dt.date] = {}
+    with engine.connect() as conn:
+        c = securities.c
+        for i in range(0, len(names), 2000):
+            rows = conn.execute(
+                select(c.ticker, c.list_date).where(
+                    c.ticker.in_(names[i : i + 2000]), c.list_date.is_not(None)
+                )
+            )
+            listed.update((t, d) for t, d in rows)
+        return _Known(listed, st_spans(conn, names), set(stored_spans(conn, names)))
+
+
 def _plans(
     names: list[str], stored: dict[str, tuple[dt.date, dt.date]], plan: _Plan, reread_days: int
 ) -> dict[str, list[tuple[dt.date, dt.date]]]:
@@ -694,6 +722,7 @@ def _ingest_ticker(
     plan: _Plan,
     span: tuple[dt.date, dt.date] | None,
     guard: Interrupts,
+    known: _Known,
 ) -> None:
     # Network first, outside any transaction: a slow source must not hold database locks.
     parts = [source.fetch_bars(tr.ticker, a, b) for a, b in tr.ranges]
@@ -718,27 +747,26 @@ def _ingest_ticker(
     with guard.writing(), engine.begin() as conn:
         # The listing date (reference data in securities, where the source has it) exempts
         # the first trading days from the price limit.
-        listed = conn.execute(
-            select(securities.c.list_date).where(securities.c.ticker == tr.ticker)
-        ).scalar()
+        listed = known.listed.get(tr.ticker)
         checks = Checks(
             ranges=None if tr.whole else tr.ranges,
             today=plan.today,
             max_move=plan.max_move,
             listed=listed,
-            st_spans=st_spans(conn, [tr.ticker]).get(tr.ticker, ()),
+            st_spans=known.st.get(tr.ticker, ()),
         )
         days = days[~np.isnat(days)]
-        stored = (
-            read_stored(conn, tr.ticker, days.min().astype(dt.date), days.max().astype(dt.date))
-            if len(days)
-            else None
-        )
+        stored = None
+        if len(days) and tr.ticker not in known.has_rows:
+            stored = StoredRows([], np.empty((0, len(VALUE_COLUMNS))), 0)  # nothing to read
+        elif len(days):
+            lo, hi = days.min().astype(dt.date), days.max().astype(dt.date)
+            stored = read_stored(conn, tr.ticker, lo, hi)
         clean, rejections = validate_bars(
             bars, tr.ticker, calendar, checks, stored.context() if stored else None
         )
-        _upsert_security(conn, security)
-        record_source(conn, tr.ticker, source.name)
+        if not _upsert_security(conn, security, source=source.name):
+            record_source(conn, tr.ticker, source.name)
         done = upsert_prices(
             conn,
             tr.ticker,
@@ -922,17 +950,22 @@ def _upsert_securities(conn: Connection, secs: list[Security]) -> None:
         )
 
 
-def _upsert_security(conn: Connection, sec: Security) -> None:
+def _upsert_security(conn: Connection, sec: Security, *, source: str | None = None) -> bool:
+    """Insert or update the ticker's row; a new row also records ``source`` (when given).
+    Returns whether it inserted the row with ``source`` (else the caller records it)."""
     values = _security_values(sec)
     row = conn.execute(
         select(*(securities.c[k] for k in values)).where(securities.c.ticker == sec.ticker)
     ).first()
     if row is None:
-        conn.execute(insert(securities).values(ticker=sec.ticker, **values))
-    elif tuple(row) != tuple(values.values()):
+        extra = {} if source is None else {"source": source}
+        conn.execute(insert(securities).values(ticker=sec.ticker, **values, **extra))
+        return source is not None
+    if tuple(row) != tuple(values.values()):
         # A source without reference data (None name) must not erase a name another source gave.
         merged = {k: v for k, v in values.items() if v is not None}
         conn.execute(update(securities).where(securities.c.ticker == sec.ticker).values(**merged))
+    return False
 
 
 def _status(report: IngestReport) -> str:

@@ -447,8 +447,12 @@ def _bulk_insert(
         # the same key makes this ticker fail with a unique violation (and the run say so).
         dates = rows["trade_date"].tolist()
         tuples = zip(tickers, dates, *floats, [source] * n, [ingested_at] * n, strict=True)
+        # Binary COPY: each float goes as its 8 bytes, not printed and parsed back (exact,
+        # and ~6x cheaper to encode than COPY's text rows).
         raw = conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as cp:  # type: ignore[union-attr]
+        statement = f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
+        with raw.cursor() as cur, cur.copy(statement) as cp:  # type: ignore[union-attr]
+            cp.set_types(_COPY_TYPES)
             for row in tuples:
                 cp.write_row(row)
         return
@@ -467,6 +471,10 @@ def _bulk_insert(
     tuples = zip(tickers, dates, *floats, [source] * n, [stamp] * n, strict=True)
     marks = ", ".join("?" for _ in columns)
     conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(tuples))
+
+
+#: Postgres types of the COPY columns: ticker, trade_date, the values, source, ingested_at.
+_COPY_TYPES = ["varchar", "date", *["float8"] * len(VALUE_COLUMNS), "varchar", "timestamptz"]
 
 
 def _same(value: Any) -> Any:
