@@ -61,30 +61,53 @@ def test_gap_widening_grows_with_the_square_root_of_the_days_spanned() -> None:
     assert np.allclose(gap_widening(None, 4, 2), 1.0)
 
 
-def _garch_panel(k: int, n: int, seed: int) -> tuple[dict[str, pd.Series], np.ndarray]:
+def _garch_panel(
+    k: int, n: int, seed: int, bars: bool = False
+) -> tuple[dict[str, pd.Series | pd.DataFrame], np.ndarray]:
     """GARCH(1,1) log-returns (alpha 0.1, beta 0.85, unconditional daily std 1.5%), and each
-    day's conditional std ``[k, n]``."""
+    day's conditional std ``[k, n]``. ``bars``: each day walked in 20 intraday steps, so the
+    series are frames with the close and a true high and low."""
     rng = np.random.default_rng(seed)
     omega, alpha, beta = 0.05 * 0.015**2, 0.1, 0.85
     var = np.full(k, 0.015**2)
+    steps = 20
     r = np.zeros((k, n))
     sd = np.zeros((k, n))
+    up, down = np.zeros((k, n)), np.zeros((k, n))  # high and low above/below the open, log
     for t in range(n):
         sd[:, t] = np.sqrt(var)
-        r[:, t] = sd[:, t] * rng.standard_normal(k)
+        path = np.cumsum(rng.normal(size=(k, steps)), axis=1) * (sd[:, t] / np.sqrt(steps))[:, None]
+        r[:, t] = path[:, -1]
+        up[:, t], down[:, t] = np.maximum(path.max(axis=1), 0), np.minimum(path.min(axis=1), 0)
         var = omega + alpha * r[:, t] ** 2 + beta * var
     dates = [d.date() for d in pd.bdate_range("2015-01-05", periods=n)]
-    series = {f"G{i}.SH": pd.Series(20 * np.exp(np.cumsum(r[i])), index=dates) for i in range(k)}
+    series: dict[str, pd.Series | pd.DataFrame] = {}
+    for i in range(k):
+        close = 20 * np.exp(np.cumsum(r[i]))
+        opened = close / np.exp(r[i])
+        if bars:
+            frame = {
+                "close": close,
+                "high": opened * np.exp(up[i]),
+                "low": opened * np.exp(down[i]),
+            }
+            series[f"G{i}.SH"] = pd.DataFrame(frame, index=dates)
+        else:
+            series[f"G{i}.SH"] = pd.Series(close, index=dates)
     return series, sd
 
 
 @pytest.mark.slow
-def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_volatility() -> None:
-    """Out of sample on simulated GARCH(1,1) series, the 80% band from the conformalized
-    quantile heads covers about 80% of next-day closes (0.75-0.85, every horizon within
-    0.72-0.88), and is wider on days whose true conditional volatility is higher."""
+@pytest.mark.parametrize("bars", [False, True], ids=["closes", "bars"])
+def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_volatility(
+    bars: bool,
+) -> None:
+    """Out of sample on simulated GARCH(1,1) series, the 80% band (the conformalized blend of
+    the quantile heads and the HAR volatility forecast) covers about 80% of next-day closes
+    (0.75-0.85, every horizon within 0.72-0.88), and is wider on days whose true conditional
+    volatility is higher; from closes alone and from whole bars with a high and low."""
     torch.set_num_threads(1)
-    series, sd = _garch_panel(4, 1100, seed=3)
+    series, sd = _garch_panel(4, 1100, seed=3, bars=bars)
     cfg = ModelConfig(
         input_len=30,
         horizon=3,
@@ -99,7 +122,7 @@ def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_v
     dates = list(series["G0.SH"].index)
     through = dates[-test_days - 1]
     model = fit(series, cfg, through, progress=False)
-    cut: dict[str, pd.Series] = {}
+    cut: dict[str, pd.Series | pd.DataFrame] = {}
     alias: dict[str, dict[str, float]] = {}
     keys = []
     for tk, s in series.items():
@@ -111,7 +134,9 @@ def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_v
     covered = np.zeros((len(keys), cfg.horizon), dtype=bool)
     width, true_sd = np.zeros(len(keys)), np.zeros(len(keys))
     for i, (tk, t, key) in enumerate(keys):
-        p, actual = paths[key], series[tk].to_numpy()[t + 1 : t + 1 + cfg.horizon]
+        closes = series[tk]
+        closes = closes["close"] if isinstance(closes, pd.DataFrame) else closes
+        p, actual = paths[key], closes.to_numpy()[t + 1 : t + 1 + cfg.horizon]
         covered[i] = (actual >= p.lower) & (actual <= p.upper)
         width[i] = np.log(p.upper[0] / p.lower[0])
         true_sd[i] = sd[int(tk[1]), t + 1]
