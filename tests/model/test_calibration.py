@@ -14,6 +14,8 @@ from forecasting.model.calibration import (
     SHRINK_MAX,
     VAL_TAIL_WINDOWS,
     _validation_trust,
+    apply_calibration,
+    calibrate,
     gap_widening,
     series_gates,
     shrink_factors,
@@ -166,3 +168,23 @@ def test_a_short_validation_moves_the_long_horizon_band_off_the_training_factor_
     trust = _validation_trust(150, 10)
     np.testing.assert_allclose(trust[[0, 4, 9]], [1.0, 150 / 5 / VAL_TAIL_WINDOWS, 0.15])
     assert np.all(_validation_trust(34 * 51, 10) == 1.0)
+
+
+def test_the_band_does_not_carry_the_calibration_windows_drift_as_skew() -> None:
+    """Calibration windows whose outcomes drifted up by half a spread: one factor serves both
+    sides (80% of the calibration errors inside, in each side's units), so on driftless
+    outcomes the band misses about as often below as above; a factor per side would have
+    skewed it up and missed below about six times as often as above."""
+    rng = np.random.default_rng(5)
+    cfg = ModelConfig(horizon=2, shrink=False)  # the quantile loss: heads at 10%, 50%, 90%
+    n = 4000
+    out = np.zeros((n, cfg.horizon, 3))
+    out[..., 0], out[..., 2] = -1.0, 1.0  # heads at -+1: a unit spread each side
+    y = 0.5 + rng.normal(size=(n, cfg.horizon))
+    calib = calibrate(out, y, np.zeros((n, cfg.horizon)), cfg)
+    np.testing.assert_array_equal(calib["f_lo"], calib["f_hi"])
+    assert 0.78 <= calib["val_coverage"] <= 0.82, calib["val_coverage"]
+    fresh = rng.normal(size=(n, cfg.horizon))
+    _, lower, upper = apply_calibration(out, np.zeros((n, cfg.horizon)), calib, cfg)
+    below, above = np.mean(fresh < lower, axis=0), np.mean(fresh > upper, axis=0)  # [H]
+    assert np.all(np.abs(below - above) < 0.03), (below, above)
