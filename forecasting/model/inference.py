@@ -145,7 +145,7 @@ def predict(
     nv = np.repeat(np.asarray(naive)[:, None], cfg.horizon, axis=1)  # [S, H]
     scale = recent_scale(x[..., 0].numpy(), cfg.target)  # [S]
     gap = np.array([(gaps or {}).get(tk, 0) for tk, *_ in keep], dtype=np.float64)  # [S]
-    vol = har_sigma(x.numpy(), model.calibration, cfg.features)  # [S, H] or None
+    vol = har_sigma(x.numpy(), model.calibration, cfg.features, [tk for tk, *_ in keep])
     gate = gate_rows([tk for tk, *_ in keep], model.calibration, cfg.horizon)  # [S, H]
     point, lower, upper = apply_calibration(
         out, nv, model.calibration, cfg, scale, gap, vol=vol, gate=gate
@@ -180,6 +180,7 @@ def score(
     L, H = cfg.input_len, cfg.horizon
     after64 = np.datetime64(after, "D")
     xs, ys, nvs, masks, gates = [], [], [], [], []
+    names: list[str] = []  # each window's ticker
     for tk, s in series.items():
         b = clean_bars(s, through)
         d, c = b.dates, b.close
@@ -210,6 +211,7 @@ def score(
             nvs.append(np.repeat(lvw[:, :1], H, axis=1))
         masks.append(mask)
         gates.append(gate_rows([tk] * len(t), model.calibration, H))  # [T, H]
+        names += [tk] * len(t)
     if not xs:
         return Score(math.nan, math.nan, 0)
     x_all = torch.from_numpy(np.concatenate(xs).astype(np.float32))  # [N, L, F]
@@ -217,7 +219,7 @@ def score(
     out = forward(build_network(model, device), x_all.to(device)).numpy()  # [N, H, Q]
     y, nv, mask = np.concatenate(ys), np.concatenate(nvs), np.concatenate(masks)  # [N, H]
     scale = recent_scale(x_all[..., 0].numpy(), cfg.target)  # [N]
-    vol = har_sigma(x_all.numpy(), model.calibration, cfg.features)  # [N, H] or None
+    vol = har_sigma(x_all.numpy(), model.calibration, cfg.features, names)  # [N, H] or None
     gate = np.concatenate(gates)  # [N, H]
     point, lower, upper = apply_calibration(
         out, nv, model.calibration, cfg, scale, vol=vol, gate=gate

@@ -46,7 +46,12 @@ from forecasting.model.trained_model import (
     forward,
     load_weights,
 )
-from forecasting.model.volatility import fit_har, har_sigma, window_variance
+from forecasting.model.volatility import (
+    fit_har,
+    fit_series_factors,
+    har_sigma,
+    window_variance,
+)
 from forecasting.model.windows import (
     Bars,
     Panel,
@@ -275,17 +280,25 @@ def fit(
         )
         xt_np, xv_np = xt.cpu().numpy(), xv.cpu().numpy()
     flat_dates = np.concatenate(panel.dates).astype(np.int64)  # [N] day numbers
+    series_of = np.searchsorted(panel.offsets, val_idx, side="right") - 1  # [Nv]
     vol: tuple[np.ndarray, np.ndarray | None] | None = None
     har: dict[str, object] = {}
     if config.target == "log_return" and len(config.quantiles) > 1 and len(sample):
         # Each training window's next H days' variance proxies, for the HAR fit.
         v_all = window_variance(panel.inputs[None], config.features)[0]  # [N]
         ahead = np.lib.stride_tricks.sliding_window_view(v_all, H + 1)[np.sort(sample)][:, 1:]
-        har = {"har": fit_har(xt_np, ahead, config.features)}
-        sigma = har_sigma(xv_np, har, config.features)
+        fitted = fit_har(xt_np, ahead, config.features)
+        t_series = np.searchsorted(panel.offsets, np.sort(sample), side="right") - 1  # [Ns]
+        t_sigma = har_sigma(xt_np, {"har": fitted}, config.features)
+        if t_sigma is not None:
+            t_err = train_calib[1] - train_calib[2]  # [Ns, H] training errors of persistence
+            fitted["series_factor"] = fit_series_factors(t_sigma, t_err, t_series, panel.tickers)
+        har = {"har": fitted}
+        t_tickers = [panel.tickers[i] for i in t_series]
+        v_tickers = [panel.tickers[i] for i in series_of]
+        sigma = har_sigma(xv_np, har, config.features, v_tickers)
         if sigma is not None:
-            vol = (sigma, har_sigma(xt_np, har, config.features))
-    series_of = np.searchsorted(panel.offsets, val_idx, side="right") - 1  # [Nv]
+            vol = (sigma, har_sigma(xt_np, har, config.features, t_tickers))
     calibration = calibrate(
         out,
         y,

@@ -8,7 +8,13 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from forecasting.model.features import feature_matrix, fit_feature_scaler
-from forecasting.model.volatility import fit_har, har_sigma, window_variance
+from forecasting.model.volatility import (
+    SERIES_PRIOR_WINDOWS,
+    fit_har,
+    fit_series_factors,
+    har_sigma,
+    window_variance,
+)
 
 FEATURES = ("return", "range")
 
@@ -70,3 +76,35 @@ def test_no_har_fit_means_no_volatility_forecast() -> None:
     """A calibration saved before the HAR layer has no ``har``: no forecast, and the band
     falls back to the network's heads alone."""
     assert har_sigma(np.zeros((3, 10, 2)), {"shrink": [0.0]}, FEATURES) is None
+
+
+def test_a_series_whose_moves_come_in_jumps_gets_a_narrower_spread_for_the_same_variance() -> None:
+    """Three series with unit-variance errors on a unit spread: steady (normal), jumpy
+    (Student-t, 3 degrees of freedom, rescaled to unit variance: a smaller 80% quantile), and
+    a normal one with only a few windows. The jumpy one's factor is below the steady one's,
+    by about their 80% quantiles' ratio; the short one is pulled towards 1; har_sigma applies
+    each ticker's factor and 1 to a ticker it has none for."""
+    rng = np.random.default_rng(4)
+    n, h = 20_000, 2
+    err = np.concatenate(
+        [
+            rng.normal(size=(n, h)),
+            rng.standard_t(3, size=(n, h)) / np.sqrt(3.0),
+            rng.normal(size=(40, h)) * 2.0,
+        ]
+    )
+    series = np.repeat([0, 1, 2], [n, n, 40])
+    factors = fit_series_factors(np.ones_like(err), err, series, ["steady", "jumpy", "short"])
+    steady, jumpy, short = (np.asarray(factors[k]) for k in ("steady", "jumpy", "short"))
+    assert np.all(jumpy < 0.9 * steady), (jumpy, steady)
+    expected = np.quantile(np.abs(err[n : 2 * n]), 0.8) / np.quantile(np.abs(err[:n]), 0.8)
+    np.testing.assert_allclose(jumpy / steady, expected, rtol=0.05)
+    # 40 windows at h = 1 are 40 outcomes: weight 40 / (40 + prior) of the log of about 2x.
+    assert 1.0 < short[0] < 2.0 ** (40 / (40 + SERIES_PRIOR_WINDOWS)) * 1.15, short
+    x = np.zeros((3, 60, 2))
+    har = {"har": {"lags": [1, 5, 22, 60], "coef": [[0.0] * 5] * h, "series_factor": factors}}
+    sigma = har_sigma(x, har, FEATURES, ["jumpy", "steady", "unknown"])
+    assert sigma is not None
+    np.testing.assert_allclose(sigma[0], jumpy * np.sqrt([1.0, 2.0]))
+    np.testing.assert_allclose(sigma[1], steady * np.sqrt([1.0, 2.0]))
+    np.testing.assert_allclose(sigma[2], np.sqrt([1.0, 2.0]))
