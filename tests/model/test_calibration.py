@@ -10,7 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from forecasting.model.calibration import SHRINK_MAX, gap_widening, series_gates, shrink_factors
+from forecasting.model.calibration import (
+    SHRINK_MAX,
+    VAL_TAIL_WINDOWS,
+    _validation_trust,
+    apply_calibration,
+    calibrate,
+    gap_widening,
+    series_gates,
+    shrink_factors,
+)
 from forecasting.model.inference import predict
 from forecasting.model.lstm import ModelConfig
 from forecasting.model.training import fit
@@ -54,30 +63,53 @@ def test_gap_widening_grows_with_the_square_root_of_the_days_spanned() -> None:
     assert np.allclose(gap_widening(None, 4, 2), 1.0)
 
 
-def _garch_panel(k: int, n: int, seed: int) -> tuple[dict[str, pd.Series], np.ndarray]:
+def _garch_panel(
+    k: int, n: int, seed: int, bars: bool = False
+) -> tuple[dict[str, pd.Series | pd.DataFrame], np.ndarray]:
     """GARCH(1,1) log-returns (alpha 0.1, beta 0.85, unconditional daily std 1.5%), and each
-    day's conditional std ``[k, n]``."""
+    day's conditional std ``[k, n]``. ``bars``: each day walked in 20 intraday steps, so the
+    series are frames with the close and a true high and low."""
     rng = np.random.default_rng(seed)
     omega, alpha, beta = 0.05 * 0.015**2, 0.1, 0.85
     var = np.full(k, 0.015**2)
+    steps = 20
     r = np.zeros((k, n))
     sd = np.zeros((k, n))
+    up, down = np.zeros((k, n)), np.zeros((k, n))  # high and low above/below the open, log
     for t in range(n):
         sd[:, t] = np.sqrt(var)
-        r[:, t] = sd[:, t] * rng.standard_normal(k)
+        path = np.cumsum(rng.normal(size=(k, steps)), axis=1) * (sd[:, t] / np.sqrt(steps))[:, None]
+        r[:, t] = path[:, -1]
+        up[:, t], down[:, t] = np.maximum(path.max(axis=1), 0), np.minimum(path.min(axis=1), 0)
         var = omega + alpha * r[:, t] ** 2 + beta * var
     dates = [d.date() for d in pd.bdate_range("2015-01-05", periods=n)]
-    series = {f"G{i}.SH": pd.Series(20 * np.exp(np.cumsum(r[i])), index=dates) for i in range(k)}
+    series: dict[str, pd.Series | pd.DataFrame] = {}
+    for i in range(k):
+        close = 20 * np.exp(np.cumsum(r[i]))
+        opened = close / np.exp(r[i])
+        if bars:
+            frame = {
+                "close": close,
+                "high": opened * np.exp(up[i]),
+                "low": opened * np.exp(down[i]),
+            }
+            series[f"G{i}.SH"] = pd.DataFrame(frame, index=dates)
+        else:
+            series[f"G{i}.SH"] = pd.Series(close, index=dates)
     return series, sd
 
 
 @pytest.mark.slow
-def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_volatility() -> None:
-    """Out of sample on simulated GARCH(1,1) series, the 80% band from the conformalized
-    quantile heads covers about 80% of next-day closes (0.75-0.85, every horizon within
-    0.72-0.88), and is wider on days whose true conditional volatility is higher."""
+@pytest.mark.parametrize("bars", [False, True], ids=["closes", "bars"])
+def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_volatility(
+    bars: bool,
+) -> None:
+    """Out of sample on simulated GARCH(1,1) series, the 80% band (the conformalized blend of
+    the quantile heads and the HAR volatility forecast) covers about 80% of next-day closes
+    (0.75-0.85, every horizon within 0.72-0.88), and is wider on days whose true conditional
+    volatility is higher; from closes alone and from whole bars with a high and low."""
     torch.set_num_threads(1)
-    series, sd = _garch_panel(4, 1100, seed=3)
+    series, sd = _garch_panel(4, 1100, seed=3, bars=bars)
     cfg = ModelConfig(
         input_len=30,
         horizon=3,
@@ -92,7 +124,7 @@ def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_v
     dates = list(series["G0.SH"].index)
     through = dates[-test_days - 1]
     model = fit(series, cfg, through, progress=False)
-    cut: dict[str, pd.Series] = {}
+    cut: dict[str, pd.Series | pd.DataFrame] = {}
     alias: dict[str, dict[str, float]] = {}
     keys = []
     for tk, s in series.items():
@@ -104,7 +136,9 @@ def test_conformalized_bands_cover_80_percent_of_a_garch_series_and_follow_its_v
     covered = np.zeros((len(keys), cfg.horizon), dtype=bool)
     width, true_sd = np.zeros(len(keys)), np.zeros(len(keys))
     for i, (tk, t, key) in enumerate(keys):
-        p, actual = paths[key], series[tk].to_numpy()[t + 1 : t + 1 + cfg.horizon]
+        closes = series[tk]
+        closes = closes["close"] if isinstance(closes, pd.DataFrame) else closes
+        p, actual = paths[key], closes.to_numpy()[t + 1 : t + 1 + cfg.horizon]
         covered[i] = (actual >= p.lower) & (actual <= p.upper)
         width[i] = np.log(p.upper[0] / p.lower[0])
         true_sd[i] = sd[int(tk[1]), t + 1]
@@ -126,3 +160,31 @@ def test_a_class_whose_validation_the_signal_did_not_help_gets_persistence() -> 
     gates = series_gates(d, e, np.full(h, 0.5), series, ["main", "main", "other", "other"])
     np.testing.assert_array_equal(gates, [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
     np.testing.assert_array_equal(series_gates(d, e, np.full(h, 0.5), series), np.ones((4, h)))
+
+
+def test_a_short_validation_moves_the_long_horizon_band_off_the_training_factor_less() -> None:
+    """The validation tail factor is fully trusted with n / h >= VAL_TAIL_WINDOWS windows and
+    in proportion below, so three tickers' 150 windows move the 10-day band a sixth as far."""
+    trust = _validation_trust(150, 10)
+    np.testing.assert_allclose(trust[[0, 4, 9]], [1.0, 150 / 5 / VAL_TAIL_WINDOWS, 0.15])
+    assert np.all(_validation_trust(34 * 51, 10) == 1.0)
+
+
+def test_the_band_does_not_carry_the_calibration_windows_drift_as_skew() -> None:
+    """Calibration windows whose outcomes drifted up by half a spread: one factor serves both
+    sides (80% of the calibration errors inside, in each side's units), so on driftless
+    outcomes the band misses about as often below as above; a factor per side would have
+    skewed it up and missed below about six times as often as above."""
+    rng = np.random.default_rng(5)
+    cfg = ModelConfig(horizon=2, shrink=False)  # the quantile loss: heads at 10%, 50%, 90%
+    n = 4000
+    out = np.zeros((n, cfg.horizon, 3))
+    out[..., 0], out[..., 2] = -1.0, 1.0  # heads at -+1: a unit spread each side
+    y = 0.5 + rng.normal(size=(n, cfg.horizon))
+    calib = calibrate(out, y, np.zeros((n, cfg.horizon)), cfg)
+    np.testing.assert_array_equal(calib["f_lo"], calib["f_hi"])
+    assert 0.78 <= calib["val_coverage"] <= 0.82, calib["val_coverage"]
+    fresh = rng.normal(size=(n, cfg.horizon))
+    _, lower, upper = apply_calibration(out, np.zeros((n, cfg.horizon)), calib, cfg)
+    below, above = np.mean(fresh < lower, axis=0), np.mean(fresh > upper, axis=0)  # [H]
+    assert np.all(np.abs(below - above) < 0.03), (below, above)
