@@ -52,9 +52,23 @@ class Bars:
 def _numbers(values: object, n: int) -> np.ndarray:
     if values is None:
         return np.full(n, np.nan)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
+        # What the database loaders give: no need for pandas (this runs per ticker and column).
+        return values.astype(np.float64, copy=False)
     return pd.to_numeric(pd.Series(values, copy=False), errors="coerce").to_numpy(
         dtype=np.float64, na_value=np.nan
     )
+
+
+def _days(index: pd.Index) -> np.ndarray:
+    """``index`` as ``datetime64[D]``: dates, datetimes or ISO strings."""
+    values = index.to_numpy()
+    if values.dtype.kind == "M":
+        return values.astype("datetime64[D]")
+    try:  # datetime.date objects, as the database loaders give: numpy converts them directly
+        return np.asarray(values, dtype="datetime64[D]")
+    except (TypeError, ValueError):
+        return np.asarray(pd.to_datetime(index).values, dtype="datetime64[D]")
 
 
 def clean_bars(s: SeriesLike, through: dt.date | None) -> Bars:
@@ -64,7 +78,7 @@ def clean_bars(s: SeriesLike, through: dt.date | None) -> Bars:
     if len(s) == 0:
         empty = np.empty(0)
         return Bars(np.empty(0, dtype="datetime64[D]"), empty, empty, empty, empty)
-    dates = np.asarray(pd.to_datetime(pd.Index(s.index)).values, dtype="datetime64[D]")
+    dates = _days(pd.Index(s.index))
     n = len(dates)
     if isinstance(s, pd.DataFrame):
         cols = [_numbers(s[c].to_numpy() if c in s.columns else None, n) for c in BAR_COLUMNS]
