@@ -122,12 +122,21 @@ def test_a_failure_after_the_refit_leaves_the_champion_checks_and_forecasts_as_t
             )
         ).one()
     assert sorted(statuses.values()) == ["active", "discarded"]
+    after_statuses = statuses
     assert failed.status == "failed" and "injected failure" in failed.error
 
     again = run_pipeline(engine, s, AS_OF, force_retrain=True)
     assert again.status == "success" and again.decision == "retrain"
     with engine.connect() as conn:
-        assert registry.active_version(conn, "global") != before["active"]
+        statuses = dict(conn.execute(select(model_versions.c.id, model_versions.c.status)).all())
+    # The rerun's challenger was decided by its publish: promoted, or rejected when it did not
+    # beat the champion on the same windows (a forced retrain is not a promotion), never left a
+    # candidate; the failed run's stays discarded.
+    new = set(statuses) - set(after_statuses)
+    assert len(new) == 1 and statuses[new.pop()] in {"active", "rejected"}, statuses
+    assert (
+        sorted(statuses.values()).count("discarded") == 1 and "candidate" not in statuses.values()
+    )
     with engine.connect() as conn:
         recorded = conn.execute(
             select(
