@@ -22,3 +22,13 @@ class ForecastingError(Exception):
 
 class InputError(ForecastingError, ValueError):
     """A value the caller passed (a date range, a ticker list, a count) cannot be used."""
+
+
+class DatabaseError(ForecastingError):
+    """The database cannot be opened or reached; the message names it (password hidden)."""
+
+
+#: What to do about a database that is not there yet, or has no tables.
+MISSING_DATABASE_FIX = (
+    "run `forecasting init-db` or `forecasting ingest` first, or set FORECASTING_DATABASE_URL"
+)

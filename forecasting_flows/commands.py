@@ -310,23 +310,11 @@ def ingest(
 
 def prices(ctx: typer.Context, format: Format = "table") -> None:
     """List tickers with their date ranges and row counts, and their reference data."""
-    from forecasting.data.inventory import price_summary
-    from forecasting.data.listings import load_listings
+    from forecasting.data.inventory import INVENTORY_COLUMNS, inventory
 
-    with _existing(_session(ctx).settings).connect() as conn:
-        rows = price_summary(conn)
-        listings = load_listings(conn, [r[0] for r in rows])
-    columns = ["ticker", "kind", "first_date", "last_date", "rows"]
-    reference = ["name", "board", "industry", "list_date", "delist_date"]
     emit(
-        [
-            {
-                **dict(zip(columns, r, strict=False)),
-                **{k: getattr(listings.get(r[0]), k, None) for k in reference},
-            }
-            for r in rows
-        ],
-        [*columns, *reference],
+        inventory(_session(ctx).settings.database_url),
+        INVENTORY_COLUMNS,
         format,
         empty="no prices yet; run `forecasting ingest`",
     )

@@ -11,16 +11,13 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from forecasting.data import schema
-from forecasting.errors import ForecastingError
+from forecasting.errors import MISSING_DATABASE_FIX
+from forecasting.errors import DatabaseError as DatabaseError
 from forecasting.settings import SettingsError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 _URL_FIX = "set FORECASTING_DATABASE_URL to sqlite:///path.db or postgresql://user@host/db"
-
-
-class DatabaseError(ForecastingError):
-    """The database cannot be opened or reached; the message names it (password hidden)."""
 
 
 def _parse_url(url: str) -> URL:
@@ -99,7 +96,7 @@ def open_existing(url: str) -> Engine:
     engine = make_engine(url)
     database = engine.url.database
     missing = f"no forecasting database at {redacted_url(engine)} yet"
-    fix = "run `forecasting init-db` or `forecasting ingest` first, or set FORECASTING_DATABASE_URL"
+    fix = MISSING_DATABASE_FIX
     on_file = engine.url.get_backend_name() == "sqlite" and database not in (None, "", ":memory:")
     if on_file and not Path(str(database)).exists():
         raise DatabaseError(f"{missing}; {fix}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,8 +11,11 @@ import pytest
 from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
 
+from forecasting.data.inventory import inventory
+from forecasting.data.listings import load_listings
 from forecasting.data.prices import last_price_dates, load_bars, load_closes, price_summary
 from forecasting.data.schema import prices, securities
+from forecasting.errors import DatabaseError
 
 D = dt.date
 NOW = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -139,6 +143,41 @@ def test_summary_and_last_dates(stored: Engine) -> None:
         ("C.SH", None, DAYS[0], DAYS[7], 8),
     ]
     assert last == {"A.SH": DAYS[9], "B.SZ": DAYS[4], "C.SH": DAYS[7]}
+
+
+def test_the_prices_listing_is_the_same_through_sqlite3_and_sqlalchemy(
+    stored: Engine, db_url: str
+) -> None:
+    """``inventory`` (what ``forecasting prices`` prints) reads a plain SQLite file with the
+    standard library and any other URL through SQLAlchemy: the same rows either way, equal to
+    the summary and the reference data read through SQLAlchemy's tables."""
+    with stored.begin() as conn:
+        conn.execute(
+            update(securities)
+            .where(securities.c.ticker == "A.SH")
+            .values(name="Alpha", board="main", industry="Banks", list_date=D(2001, 2, 3))
+        )
+    listing = inventory(db_url)
+    with stored.connect() as conn:
+        summary, reference = price_summary(conn), load_listings(conn)
+    fields = ("name", "board", "industry", "list_date", "delist_date")
+    assert listing == [
+        {**r._asdict(), **{f: getattr(reference.get(r.ticker), f, None) for f in fields}}
+        for r in summary
+    ]
+    assert listing[0]["list_date"] == D(2001, 2, 3) and listing[0]["first_date"] == DAYS[0]
+    if db_url.startswith("sqlite"):  # a URL with options goes through SQLAlchemy
+        assert inventory(f"{db_url}?timeout=5") == listing
+
+
+def test_the_prices_listing_creates_no_database(tmp_path: Path) -> None:
+    """A missing file is an error that says how to make one, and stays missing."""
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    with pytest.raises(
+        DatabaseError, match=r"no forecasting database at .* run `forecasting init-db`"
+    ):
+        inventory(url)
+    assert not (tmp_path / "none.db").exists()
 
 
 def test_bars_adjust_high_and_low_like_the_close_and_volume_inversely(engine: Engine) -> None:
