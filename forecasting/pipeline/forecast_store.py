@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, text, tuple_
+from sqlalchemy import Table, and_, delete, insert, select, text, tuple_
 from sqlalchemy.engine import Connection
 
 from forecasting.data.schema import forecast_staging, forecasts
@@ -103,8 +103,32 @@ def write_forecasts(
         for r in (*to_insert, *to_replace)
     ]
     if payload:
-        conn.execute(insert(forecasts), payload)
+        _insert(conn, forecasts, payload)
     return WriteResult(len(to_insert), len(to_replace), unchanged)
+
+
+def _insert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert ``rows`` (dicts with the same keys) in the caller's transaction: ``COPY`` on
+    Postgres, where psycopg's ``executemany`` costs a round of the protocol per row (0.4 ms a
+    ticker in a daily run of 10 horizons), ``executemany`` elsewhere."""
+    if conn.dialect.name != "postgresql":
+        conn.execute(insert(table), list(rows))
+        return
+    columns = list(rows[0])
+    prep = conn.dialect.identifier_preparer
+    names = ", ".join(prep.quote(c) for c in columns)
+    raw = conn.connection.driver_connection
+    assert raw is not None  # an open connection in the caller's transaction
+    statement = f"COPY {prep.format_table(table)} ({names}) FROM STDIN"
+    # Text COPY: psycopg writes each value as its literal (a float as its shortest exact repr).
+    with raw.cursor() as cur, cur.copy(statement) as cp:
+        for r in rows:
+            cp.write_row([_plain(r[c]) for c in columns])
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value psycopg adapts (``np.int64`` is not an ``int``)."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, dt.date) else value
 
 
 def stage_forecasts(conn: Connection, run_id: str, rows: Sequence[dict[str, Any]]) -> int:
@@ -118,9 +142,8 @@ def stage_forecasts(conn: Connection, run_id: str, rows: Sequence[dict[str, Any]
         conn.execute(
             delete(forecast_staging).where(st.run_id == run_id, st.ticker.in_(tickers[i : i + 500]))
         )
-    conn.execute(
-        insert(forecast_staging),
-        [{**{f: r[f] for f in ROW_FIELDS}, "run_id": run_id} for r in rows],
+    _insert(
+        conn, forecast_staging, [{**{f: r[f] for f in ROW_FIELDS}, "run_id": run_id} for r in rows]
     )
     return len(rows)
 
