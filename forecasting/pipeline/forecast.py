@@ -130,7 +130,10 @@ def forecast(
             need = max(policy.min_history, cfg.input_len + 1)
             start = lookback_start(as_of, max(need, cfg.input_len) + 5)
             series = load_bars(conn, tickers=list(tickers), through=as_of, start=start)
-            counts = _history_counts(conn, tickers, as_of)
+            # A ticker whose loaded window already holds `need` bars has enough history; only
+            # the others are counted over their whole history (a scan of years of rows each).
+            short = [t for t, b in series.items() if len(b) < need]
+            counts = _history_counts(conn, short, as_of)
             # Delisted, suspended and newly listed tickers (forecasting.pipeline.listings).
             events = load_listing_events(
                 conn, list(tickers), as_of, {t: s.index[-1] for t, s in series.items()}, cal
@@ -152,7 +155,7 @@ def forecast(
                     )
                     continue
                 need_t = cfg.input_len + 1 if t in events.newly_listed else need
-                if counts.get(t, 0) < need_t:
+                if len(s) < need_t and counts.get(t, 0) < need_t:
                     batch.skipped[t] = (
                         f"{t}: only {counts.get(t, 0)} trading days of history up to {as_of}, needs {need_t}"
                     )
