@@ -106,6 +106,17 @@ def test_a_killed_holder_frees_the_lock(
         assert time.monotonic() - started < 30
 
 
+def _wait_until_gone(engine: Engine, pid: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p")
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if not conn.execute(query, {"p": pid}).scalar():
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"backend {pid} still there {timeout_s} s after pg_terminate_backend")
+
+
 @pytest.mark.postgres
 def test_verify_fails_once_the_lock_connection_is_gone(pg_engine: Engine) -> None:
     """When the connection holding a Postgres advisory lock is terminated, verify() in another
@@ -114,5 +125,7 @@ def test_verify_fails_once_the_lock_connection_is_gone(pg_engine: Engine) -> Non
         with pg_engine.begin() as conn:
             verify(conn, token)  # still held
             conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": token.pid})
+        # pg_terminate_backend only signals: the backend, and its lock, can outlive the call.
+        _wait_until_gone(pg_engine, token.pid)
         with pg_engine.begin() as conn, pytest.raises(LockLostError, match="pipeline:live"):
             verify(conn, token)
