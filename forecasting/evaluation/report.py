@@ -357,6 +357,10 @@ def plot_decisions(checks: pd.DataFrame, threshold: float, path: Path) -> Path:
             fontsize=6,
             rotation=60,
         )
+    first, last = min(checks["as_of_date"]), max(checks["as_of_date"])
+    if last - first < dt.timedelta(days=14):
+        # A few days of checks (as after `make demo`): matplotlib would pad one date by years.
+        ax.set_xlim(first - dt.timedelta(days=7), last + dt.timedelta(days=7))
     ax.set_ylabel("RMSE / naive RMSE")
     ax.set_title("Decisions: checks and refits (label: trigger, threshold)")
     ax.legend(fontsize=6, loc="lower left")
