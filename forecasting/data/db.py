@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy import Table, create_engine, event, inspect
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from forecasting.data import schema
@@ -114,3 +115,30 @@ def redacted_url(engine_or_url: Engine | str) -> str:
     """The database URL with any password hidden, for logs and messages."""
     url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
     return url.render_as_string(hide_password=True)
+
+
+def copy_rows(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    types: Sequence[str] | None = None,
+) -> None:
+    """Insert ``rows`` (tuples in ``columns`` order) into ``table`` on Postgres with ``COPY``,
+    in the caller's transaction: psycopg's ``executemany`` costs a protocol round per row.
+
+    With ``types`` (Postgres type names, one per column) the rows go in binary, each float as
+    its 8 bytes; without, as text, which psycopg writes as each value's literal (a float as its
+    shortest exact repr)."""
+    prep = conn.dialect.identifier_preparer
+    names = ", ".join(prep.quote(c) for c in columns)
+    binary = " (FORMAT BINARY)" if types is not None else ""
+    statement = f"COPY {prep.format_table(table)} ({names}) FROM STDIN{binary}"
+    raw = conn.connection.driver_connection
+    assert raw is not None  # an open connection in the caller's transaction
+    with raw.cursor() as cur, cur.copy(statement) as cp:
+        if types is not None:
+            cp.set_types(list(types))
+        for row in rows:
+            cp.write_row(row)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -55,25 +56,12 @@ class PriceSummaryRow(NamedTuple):
 
 
 def price_summary(conn: Connection) -> list[PriceSummaryRow]:
-    """Per ticker: kind (from ``securities``), first and last stored date, row count."""
-    from sqlalchemy import func, select
+    """Per ticker: kind (from ``securities``), first and last stored date, row count (the
+    first columns of :data:`INVENTORY_SQL`)."""
+    from sqlalchemy import text
 
-    from forecasting.data.schema import prices, securities
-
-    c = prices.c
-    query = (
-        select(
-            c.ticker,
-            securities.c.kind,
-            func.min(c.trade_date),
-            func.max(c.trade_date),
-            func.count(),
-        )
-        .select_from(prices.outerjoin(securities, securities.c.ticker == c.ticker))
-        .group_by(c.ticker, securities.c.kind)
-        .order_by(c.ticker)
-    )
-    return [PriceSummaryRow(t, k, lo, hi, int(n)) for t, k, lo, hi, n in conn.execute(query)]
+    rows = _records(tuple(r) for r in conn.execute(text(INVENTORY_SQL)))
+    return [PriceSummaryRow(*(r[c] for c in PriceSummaryRow._fields)) for r in rows]
 
 
 def inventory(database_url: str) -> list[dict[str, Any]]:
@@ -97,6 +85,11 @@ def inventory(database_url: str) -> list[dict[str, Any]]:
             engine.dispose()
     else:
         rows = _read_sqlite(path, database_url)
+    return _records(rows)
+
+
+def _records(rows: Iterable[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """:data:`INVENTORY_SQL` rows as dicts, with dates as ``datetime.date``."""
     out = []
     for row in rows:
         record = dict(zip(INVENTORY_COLUMNS, row, strict=True))

@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from forecasting.data.db import copy_rows
 from forecasting.data.inventory import PriceSummaryRow as PriceSummaryRow
 from forecasting.data.inventory import price_summary as price_summary
 from forecasting.data.price_limits import NO_LIMIT_DAYS
@@ -439,9 +440,6 @@ def _bulk_insert(
     columns = ["ticker", "trade_date", *VALUE_COLUMNS, "source", "ingested_at"]
     floats = [_nullable(rows[c].to_numpy(dtype="float64")) for c in VALUE_COLUMNS]
     n = len(rows)
-    prep = conn.dialect.identifier_preparer
-    table = prep.format_table(prices)
-    names = ", ".join(prep.quote(c) for c in columns)
     if conn.dialect.name == "postgresql":
         # The rows were just found missing in this transaction; a concurrent writer inserting
         # the same key makes this ticker fail with a unique violation (and the run say so).
@@ -449,13 +447,11 @@ def _bulk_insert(
         tuples = zip(tickers, dates, *floats, [source] * n, [ingested_at] * n, strict=True)
         # Binary COPY: each float goes as its 8 bytes, not printed and parsed back (exact,
         # and ~6x cheaper to encode than COPY's text rows).
-        raw = conn.connection.driver_connection
-        statement = f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
-        with raw.cursor() as cur, cur.copy(statement) as cp:  # type: ignore[union-attr]
-            cp.set_types(_COPY_TYPES)
-            for row in tuples:
-                cp.write_row(row)
+        copy_rows(conn, prices, columns, tuples, types=_COPY_TYPES)
         return
+    prep = conn.dialect.identifier_preparer
+    table = prep.format_table(prices)
+    names = ", ".join(prep.quote(c) for c in columns)
     # Bind values exactly as SQLAlchemy would store them, so reads through it see no difference.
     dialect = conn.dialect
     to_date = prices.c.trade_date.type.dialect_impl(dialect).bind_processor(dialect) or _same

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Table, and_, delete, insert, select, text, tuple_
 from sqlalchemy.engine import Connection
 
+from forecasting.data.db import copy_rows
 from forecasting.data.schema import forecast_staging, forecasts
 
 ROW_FIELDS = (
@@ -115,15 +116,7 @@ def _insert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> N
         conn.execute(insert(table), list(rows))
         return
     columns = list(rows[0])
-    prep = conn.dialect.identifier_preparer
-    names = ", ".join(prep.quote(c) for c in columns)
-    raw = conn.connection.driver_connection
-    assert raw is not None  # an open connection in the caller's transaction
-    statement = f"COPY {prep.format_table(table)} ({names}) FROM STDIN"
-    # Text COPY: psycopg writes each value as its literal (a float as its shortest exact repr).
-    with raw.cursor() as cur, cur.copy(statement) as cp:
-        for r in rows:
-            cp.write_row([_plain(r[c]) for c in columns])
+    copy_rows(conn, table, columns, ([_plain(r[c]) for c in columns] for r in rows))
 
 
 def _plain(value: Any) -> Any:
